@@ -1,0 +1,154 @@
+"""Data sources shared by the tests, the demo and the benchmarks.
+
+- :func:`synthetic_codes`: seeded binary codes, uniform or clustered like trained encoder output.
+- :func:`load_digits_images` / :func:`load_mnist`: real labelled images (embedded / shared).
+- :func:`write_image_folder`: turn arrays of images into a class-per-sub-folder tree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .codes import check_bits
+
+MNIST_ENV = "HASHINDEX_MNIST"
+
+
+@dataclass(frozen=True)
+class SyntheticCodes:
+    """Seeded database / query codes with the class each was drawn from."""
+
+    database: np.ndarray
+    queries: np.ndarray
+    database_labels: np.ndarray
+    query_labels: np.ndarray
+    generator: str
+
+
+def synthetic_codes(
+    n_database: int,
+    n_queries: int,
+    bits: int,
+    kind: str = "uniform",
+    *,
+    n_clusters: int = 100,
+    flip_probability: float = 0.1,
+    seed: int = 0,
+) -> SyntheticCodes:
+    """Draw packed codes. ``kind="uniform"``: every bit a fair coin (the worst case
+    for partitioned indexes). ``kind="clustered"``: ``n_clusters`` random centre codes,
+    each code a centre with every bit flipped with ``flip_probability`` (what a trained
+    encoder's codes look like: tight classes, far apart)."""
+    bits = check_bits(bits)
+    rng = np.random.default_rng(seed)
+    nbytes = bits // 8
+    total = n_database + n_queries
+    if kind == "uniform":
+        codes = rng.integers(0, 256, size=(total, nbytes), dtype=np.uint8)
+        labels = np.full(total, -1, dtype=np.int64)
+        generator = f"uniform random bits, seed {seed}"
+    elif kind == "clustered":
+        centres = rng.integers(0, 256, size=(n_clusters, nbytes), dtype=np.uint8)
+        labels = rng.integers(0, n_clusters, size=total).astype(np.int64)
+        codes = centres[labels]
+        codes ^= _flip_mask(rng, total, bits, flip_probability)
+        generator = (
+            f"{n_clusters} random centre codes, each bit flipped with p={flip_probability}, seed {seed}"
+        )
+    else:
+        raise ValueError(f"unknown synthetic code kind {kind!r}; expected 'uniform' or 'clustered'")
+    return SyntheticCodes(
+        database=codes[:n_database],
+        queries=codes[n_database:],
+        database_labels=labels[:n_database],
+        query_labels=labels[n_database:],
+        generator=generator,
+    )
+
+
+def _flip_mask(rng: np.random.Generator, n: int, bits: int, p: float) -> np.ndarray:
+    """Packed mask with each bit set independently with probability p, built in chunks."""
+    out = np.empty((n, bits // 8), dtype=np.uint8)
+    chunk = 1 << 20
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        bits_set = rng.random((stop - start, bits), dtype=np.float32) < p
+        out[start:stop] = np.packbits(bits_set, axis=1, bitorder="little")
+    return out
+
+
+def load_digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 1,797 real 8x8 digits, upscaled to ``size`` x ``size`` uint8 greyscale."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in small]
+    )
+    return images, digits.target.astype(np.int64)
+
+
+def default_mnist_dir() -> Path:
+    """Where the MNIST test set lives: ``$HASHINDEX_MNIST``, else ``../shared/data/mnist``
+    beside the repository checkout."""
+    if os.environ.get(MNIST_ENV):
+        return Path(os.environ[MNIST_ENV])
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def load_mnist(root: str | os.PathLike | None = None, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+    """Read MNIST images ``(n, 28, 28)`` uint8 and labels ``(n,)`` int64 from IDX(.gz) files."""
+    root = Path(root) if root is not None else default_mnist_dir()
+    images = _read_idx(_find_idx(root, f"{split}-images-idx3-ubyte"))
+    labels = _read_idx(_find_idx(root, f"{split}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+    return images, labels.astype(np.int64)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"MNIST file {stem}(.gz) not found in {root}; set ${MNIST_ENV}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(shape))} bytes)")
+    return body.reshape(shape)
+
+
+def write_image_folder(
+    images: np.ndarray,
+    labels: np.ndarray,
+    root: str | os.PathLike,
+    class_names: list[str] | None = None,
+    prefix: str = "img",
+) -> Path:
+    """Write ``images`` as PNG files under ``root/<class name>/``; returns ``root``."""
+    from PIL import Image
+
+    root = Path(root)
+    names = class_names or [str(c) for c in range(int(labels.max()) + 1)]
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image).save(root / names[int(label)] / f"{prefix}{i:06d}.png")
+    return root

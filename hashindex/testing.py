@@ -1,0 +1,59 @@
+"""Brute-force oracles and comparison helpers shared by the tests and benchmarks.
+
+Everything here is deliberately simple numpy so it can serve as the reference
+that the Faiss-backed code is checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .codes import MISSING_DISTANCE
+
+
+def hamming_matrix(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """Exact ``(nq, nb)`` Hamming distances between packed uint8 codes (XOR + popcount)."""
+    xor = np.bitwise_xor(queries[:, None, :], database[None, :, :])
+    return np.bitwise_count(xor).sum(axis=2, dtype=np.int32)
+
+
+def brute_force_knn(queries: np.ndarray, database: np.ndarray, k: int):
+    """Exact Hamming kNN; ties broken by database position; pads with -1 / MISSING_DISTANCE."""
+    dist = hamming_matrix(queries, database)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    D = np.full((len(queries), k), MISSING_DISTANCE, dtype=np.int32)
+    I = np.full((len(queries), k), -1, dtype=np.int64)
+    kk = order.shape[1]
+    D[:, :kk] = np.take_along_axis(dist, order, axis=1)
+    I[:, :kk] = order
+    return D, I
+
+
+def assert_same_knn(D_ref, I_ref, D, I, *, database=None, queries=None) -> None:
+    """Assert two kNN results agree up to the order of tied neighbours.
+
+    Distances must be identical row by row. Ids are compared per distance value:
+    for every distance strictly below the row's last (k-th) distance the sets of
+    ids must be equal, and at the boundary distance any ids may be chosen among
+    the ties. With ``database`` and ``queries`` given, every returned id is also
+    checked to really lie at its stated Hamming distance.
+    """
+    D_ref, I_ref, D, I = (np.asarray(a) for a in (D_ref, I_ref, D, I))
+    np.testing.assert_array_equal(D, D_ref, err_msg="kNN distances differ")
+    for row in range(len(D)):
+        valid = I[row] >= 0
+        ids = I[row][valid]
+        assert len(set(ids.tolist())) == len(ids), f"row {row}: duplicate ids {ids}"
+        np.testing.assert_array_equal(valid, I_ref[row] >= 0, err_msg=f"row {row}: -1 padding differs")
+        if not valid.any():
+            continue
+        last = D[row][valid][-1]
+        for dist in np.unique(D[row][valid]):
+            if dist == last:
+                continue
+            got = set(I[row][(D[row] == dist) & valid].tolist())
+            want = set(I_ref[row][(D_ref[row] == dist) & (I_ref[row] >= 0)].tolist())
+            assert got == want, f"row {row}: ids at distance {dist} differ: {sorted(got)} != {sorted(want)}"
+        if database is not None and queries is not None:
+            true = hamming_matrix(queries[row : row + 1], database[ids])[0]
+            np.testing.assert_array_equal(true, D[row][valid], err_msg=f"row {row}: ids not at stated distances")
