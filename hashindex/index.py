@@ -39,10 +39,13 @@ class HashIndex:
     >>> D, I = index.search(queries, k=8)        # doctest: +SKIP
     """
 
-    def __init__(self, bits: int = 64, spec: "str | IndexSpec" = "flat", class_names=None) -> None:
+    def __init__(self, bits: int = 64, spec: "str | IndexSpec" = "flat", class_names=None,
+                 metadata: dict | None = None) -> None:
         self.bits = check_bits(bits)
         self.spec = parse_spec(spec)
         self.class_names: list[str] = list(class_names or [])
+        #: Free-form JSON-able provenance saved with the index (e.g. source shards, encoder file).
+        self.metadata: dict = dict(metadata or {})
         self._index = self.spec.build(self.bits)
         self._labels = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
@@ -176,7 +179,8 @@ class HashIndex:
         reader = ShardReader(directory)
         fields = ["codes", "labels", "ids"] + (["features"] if features and reader.feature_dim else [])
         data = reader.read(fields, progress=progress)
-        index = cls(bits=reader.bits, spec=spec, class_names=reader.class_names)
+        index = cls(bits=reader.bits, spec=spec, class_names=reader.class_names,
+                    metadata={**reader.info.metadata, "shards": str(Path(directory).resolve())})
         index.add(data["codes"], labels=data["labels"], features=data.get("features"), ids=data["ids"])
         return index
 
@@ -303,7 +307,8 @@ class HashIndex:
             if self.features is not None:
                 f.create_dataset("features", data=self.features)
         meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
-                "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names}
+                "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,
+                "metadata": self.metadata}
         write_json_atomic(target / "meta.json", meta)
         for name in ("index.faiss", "data.h5"):
             fsync_path(target / name)
@@ -332,7 +337,8 @@ class HashIndex:
             raise ValueError(f"{target}: not a hashindex index of a supported version")
         if bits is not None and int(bits) != meta["bits"]:
             raise ValueError(f"{directory}: index holds {meta['bits']}-bit codes, expected {bits}-bit")
-        index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"))
+        index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"),
+                    metadata=meta.get("metadata"))
         index._index = faiss.read_index_binary(str(target / "index.faiss"))
         apply_search_params(index._index, index.spec.kind, index.spec.params)
         with h5py.File(target / "data.h5", "r") as f:

@@ -1,0 +1,40 @@
+"""A small CNN that trains on a CPU in seconds: for tests, the demo and small images."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import register_backbone
+
+GREY_MEAN = (0.5, 0.5, 0.5)
+GREY_STD = (0.5, 0.5, 0.5)
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and one fully connected layer ("F7", ``feature_dim`` wide)."""
+
+    def __init__(self, feature_dim: int = 256, width: int = 32, input_size: int = 32) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.input_cfg = {"input_size": (3, input_size, input_size), "mean": GREY_MEAN, "std": GREY_STD}
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.conv = nn.Sequential(
+            block(3, width), nn.MaxPool2d(2),
+            block(width, 2 * width), nn.MaxPool2d(2),
+            block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(2),
+        )
+        self.fc7 = nn.Sequential(nn.Flatten(), nn.Linear(16 * width, feature_dim), nn.ReLU(inplace=True))
+
+    def forward(self, images):
+        return self.fc7(self.conv(images))
+
+
+@register_backbone
+def small_cnn(feature_dim: int = 256, width: int = 32, input_size: int = 32, weights: str | None = None) -> SmallCNN:
+    """Small CNN, ``input_size`` px inputs (default 32), ``feature_dim``-d F7."""
+    from .weights import load_local_weights
+
+    return load_local_weights(SmallCNN(feature_dim, width, input_size), weights)

@@ -1,0 +1,78 @@
+"""``HashModel``: the interface every deep hashing method implements.
+
+A model is a backbone (images -> F7 features) followed by a hash head (F7 -> a relaxed
+code in [0, 1] or [-1, 1]), mirroring timm's ``forward_features`` / ``forward_head``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashindex.codes import pack_bits
+
+
+class HashOutput(NamedTuple):
+    """What :meth:`HashModel.forward` returns."""
+
+    features: torch.Tensor  #: F7, ``(n, feature_dim)``: what the fine rerank compares
+    codes: torch.Tensor  #: relaxed codes, ``(n, bits)``, before binarisation
+    logits: torch.Tensor | None = None  #: class scores, for methods trained by classification
+
+
+class HashModel(nn.Module):
+    """Base class: subclasses set ``method`` and implement :meth:`forward_head`,
+    :meth:`binarize` and :meth:`default_loss`."""
+
+    method: str = ""
+
+    def __init__(self, net: nn.Module, bits: int, num_classes: int | None = None, **config) -> None:
+        super().__init__()
+        if bits <= 0 or bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        self.backbone = net
+        self.bits = int(bits)
+        self.num_classes = num_classes
+        #: Keyword arguments that rebuild this model with ``create_encoder(method, **config)``.
+        self.config = {"bits": self.bits, "num_classes": num_classes, **config}
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    @property
+    def input_cfg(self) -> dict:
+        """Input size, channel mean and std the backbone expects."""
+        return self.backbone.input_cfg
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(n, 3, h, w)`` -> F7 features ``(n, feature_dim)``."""
+        return self.backbone(images)
+
+    def forward_head(self, features: torch.Tensor) -> HashOutput:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> HashOutput:
+        """Features, relaxed codes and (if any) logits; see :class:`HashOutput`."""
+        return self.forward_head(self.forward_features(images))
+
+    def binarize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Relaxed codes -> bool bits."""
+        raise NotImplementedError
+
+    def default_loss(self):
+        """The loss this method is trained with (a :class:`encoders.losses.BaseHashLoss`)."""
+        raise NotImplementedError
+
+    def on_train_step(self, step: int) -> None:
+        """Hook called before every optimisation step (e.g. HashNet's beta continuation)."""
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Packed uint8 codes ``(n, bits // 8)`` and float32 F7 features ``(n, feature_dim)``."""
+        out = self(images)
+        bits = self.binarize(out.codes).cpu().numpy()
+        return pack_bits(bits), out.features.float().cpu().numpy()

@@ -1,0 +1,75 @@
+"""Encoder files: a trained model with what is needed to rebuild it (method, config, class names)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from hashindex._io import TMP_SUFFIX, replace_durably
+
+from .registry import create_encoder
+
+ENCODER_FORMAT = "hashindex-encoder"
+ENCODER_FORMAT_VERSION = 1
+# Keys of a model's config that refer to files used only when it was first built.
+_BUILD_ONLY_KEYS = ("weights",)
+
+
+def save_torch_atomic(payload: dict, path: "str | os.PathLike") -> Path:
+    """``torch.save`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    torch.save(payload, tmp)
+    replace_durably(tmp, path)
+    return path
+
+
+def save_encoder(model, path: "str | os.PathLike", class_names: "list[str] | None" = None,
+                 extra: "dict | None" = None) -> Path:
+    """Write ``model`` (a registered encoder) to ``path``; :func:`load_encoder` rebuilds it."""
+    config = {k: v for k, v in model.config.items() if k not in _BUILD_ONLY_KEYS}
+    payload = {
+        "format": ENCODER_FORMAT,
+        "version": ENCODER_FORMAT_VERSION,
+        "method": model.method,
+        "config": config,
+        "class_names": list(class_names or []),
+        "state_dict": model.state_dict(),
+        "extra": dict(extra or {}),
+    }
+    return save_torch_atomic(payload, path)
+
+
+def read_encoder_file(path: "str | os.PathLike") -> dict:
+    """The raw payload of an encoder file, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder file {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{path}: not a readable encoder file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
+        raise ValueError(f"{path}: not a hashindex encoder file")
+    if payload.get("version") != ENCODER_FORMAT_VERSION:
+        raise ValueError(f"{path}: encoder file version {payload.get('version')} is not supported")
+    return payload
+
+
+def load_encoder(path: "str | os.PathLike", method: "str | None" = None, bits: "int | None" = None):
+    """Rebuild a saved encoder in eval mode; ``class_names`` are set on it as an attribute.
+
+    ``method`` / ``bits``, when given, must match the file (a clear error otherwise).
+    """
+    payload = read_encoder_file(path)
+    if method is not None and payload["method"] != method:
+        raise ValueError(f"{path}: encoder file holds method {payload['method']!r}, expected {method!r}")
+    if bits is not None and payload["config"].get("bits") != bits:
+        raise ValueError(f"{path}: encoder file holds {payload['config'].get('bits')}-bit codes, expected {bits}-bit")
+    model = create_encoder(payload["method"], **payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    model.class_names = payload["class_names"]
+    return model.eval()

@@ -1,0 +1,39 @@
+"""DLBHC (Lin et al., 2015): a latent sigmoid layer H between F7 and F8, trained by
+classification; the binary code is ``H > 0.5`` and F7 serves the fine rerank."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import HashModel, HashOutput
+from .losses import ClassificationLoss
+from .registry import create_backbone, register_encoder
+
+
+class DLBHC(HashModel):
+    method = "dlbhc"
+
+    def __init__(self, net: nn.Module, bits: int, num_classes: int, **config) -> None:
+        if not num_classes or num_classes < 2:
+            raise ValueError(f"DLBHC is trained by classification and needs num_classes >= 2, got {num_classes}")
+        super().__init__(net, bits, num_classes, **config)
+        self.latent = nn.Linear(net.feature_dim, bits)
+        self.classifier = nn.Linear(bits, num_classes)
+
+    def forward_head(self, features: torch.Tensor) -> HashOutput:
+        h = torch.sigmoid(self.latent(features))
+        return HashOutput(features=features, codes=h, logits=self.classifier(h))
+
+    def binarize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes > 0.5
+
+    def default_loss(self) -> ClassificationLoss:
+        return ClassificationLoss()
+
+
+@register_encoder
+def dlbhc(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, **backbone_kwargs) -> DLBHC:
+    """DLBHC on any registered backbone; extra keywords go to the backbone builder."""
+    net = create_backbone(backbone, **backbone_kwargs)
+    return DLBHC(net, bits, num_classes, backbone=backbone, **backbone_kwargs)

@@ -1,0 +1,104 @@
+"""Encode an image folder into HDF5 shards: packed codes, F7 features, labels, ids, paths.
+
+A record's id is the position of its file in the sorted listing of the folder
+(:func:`encoders.data.list_images`), so ids are stable across runs, resumes and
+distributed encodes. Unreadable files are skipped, counted and listed in
+``skipped.jsonl`` beside the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from hashindex.store import ShardWriter
+
+from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images
+from .training import resolve_device
+
+SKIPPED_REPORT = "skipped.jsonl"
+
+
+@dataclass
+class EncodeReport:
+    """What an encode did: records written now, files skipped, where the shards are."""
+
+    out_dir: Path
+    encoded: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  #: (path, reason)
+    resumed_after: int = 0  #: records already in the store when this run started
+
+    @property
+    def total(self) -> int:
+        return self.resumed_after + self.encoded
+
+
+def encode_folder(
+    model,
+    image_dir: "str | os.PathLike | ImageList",
+    out_dir: "str | os.PathLike",
+    *,
+    batch_size: int = 64,
+    shard_size: int = 10_000,
+    num_workers: int = 0,
+    resume: bool = False,
+    device: str = "auto",
+    feature_dtype: str = "float16",
+    supervised: bool = False,
+    ids: "list[int] | None" = None,
+    progress: bool = True,
+) -> EncodeReport:
+    """Encode every image of ``image_dir`` with ``model`` into a shard store at ``out_dir``.
+
+    With ``resume=True`` an interrupted encode continues after the last complete shard.
+    Labels come from the folder's class sub-folders (``-1`` if it has none), so classes
+    the model never saw are indexed with their labels too. ``ids`` restricts the encode
+    to those file positions (used by distributed encoding).
+    """
+    images = image_dir if isinstance(image_dir, ImageList) else list_images(image_dir, supervised=supervised)
+    out_dir = Path(out_dir)
+    writer = ShardWriter(
+        out_dir, model.bits, feature_dim=model.feature_dim, feature_dtype=feature_dtype,
+        class_names=images.classes, shard_size=shard_size, resume=resume,
+        metadata={"image_root": str(images.root.resolve()), "encoder": model.method,
+                  "encoder_config": {k: v for k, v in model.config.items() if k != "weights"}},
+    )
+    already = writer.num_records
+    todo = list(range(len(images))) if ids is None else sorted(ids)
+    todo = [i for i in todo if i >= writer.info.next_id]
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    loader = DataLoader(ImageFileDataset(images, image_transform(model.input_cfg), ids=todo),
+                        batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skipping_unreadable)
+    report = EncodeReport(out_dir=out_dir, encoded=0, resumed_after=already)
+    bar = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch")
+    with writer:
+        for batch in bar:
+            for image_id, reason in batch.failed:
+                report.skipped.append((images.samples[image_id][0], reason))
+            if len(batch.ids) == 0:
+                continue
+            codes, features = model.encode(batch.images.to(dev))
+            batch_ids = batch.ids.numpy()
+            writer.add(codes, labels=batch.labels.numpy(), features=features, ids=batch_ids,
+                       paths=[os.path.relpath(images.samples[i][0], images.root) for i in batch_ids])
+            report.encoded += len(batch_ids)
+    _append_skipped(out_dir, report.skipped)
+    return report
+
+
+def _append_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    with open(out_dir / SKIPPED_REPORT, "a", encoding="utf-8") as fh:
+        for path, reason in skipped:
+            fh.write(json.dumps({"path": path, "reason": reason}) + "\n")

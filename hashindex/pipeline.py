@@ -1,0 +1,94 @@
+"""The jobs behind the CLI, as plain functions: train an encoder, encode a folder, build an index.
+
+``build(image_dir, out)`` lays out one directory::
+
+    out/model.pt      the trained encoder (method, config, class names, weights)
+    out/shards/       HDF5 shards of the folder's codes, features, labels, ids and paths
+    out/index/        the saved HashIndex
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from encoders import create_encoder, load_encoder, save_encoder
+from encoders.data import list_images
+from encoders.encode import EncodeReport, encode_folder
+from encoders.training import TrainConfig, train_model
+
+from .index import HashIndex
+
+MODEL_FILE = "model.pt"
+SHARDS_DIR = "shards"
+INDEX_DIR = "index"
+
+
+def train_encoder(
+    image_dir: "str | os.PathLike",
+    out: "str | os.PathLike",
+    *,
+    method: str = "dlbhc",
+    backbone: str = "small_cnn",
+    bits: int = 64,
+    config: TrainConfig | None = None,
+    encoder_kwargs: dict | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``method`` on the labelled images of ``image_dir`` and save it to ``out`` (a file)."""
+    config = config or TrainConfig()
+    images = list_images(image_dir, supervised=True)
+    if len(images.classes) < 2:
+        raise ValueError(f"{image_dir}: a supervised method needs at least 2 class sub-folders, found {len(images.classes)}")
+    torch.manual_seed(config.seed)
+    model = create_encoder(method, backbone=backbone, bits=bits, num_classes=len(images.classes),
+                           **(encoder_kwargs or {}))
+    history = train_model(model, images, config, progress=progress)
+    return save_encoder(model, out, class_names=images.classes, extra={"history": history})
+
+
+@dataclass
+class BuildResult:
+    model_path: Path
+    shards_dir: Path
+    index_dir: Path
+    index: HashIndex
+    encode_report: EncodeReport
+
+
+def build(
+    image_dir: "str | os.PathLike",
+    out: "str | os.PathLike",
+    *,
+    model_path: "str | os.PathLike | None" = None,
+    spec: str = "flat",
+    shard_size: int = 10_000,
+    batch_size: int = 64,
+    resume: bool = False,
+    progress: bool = True,
+    **train_kwargs,
+) -> BuildResult:
+    """Train (unless ``model_path`` is given), encode ``image_dir`` and index it under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if model_path is None:
+        model_path = out / MODEL_FILE
+        if not (resume and model_path.exists()):
+            train_encoder(image_dir, model_path, progress=progress, **train_kwargs)
+    model = load_encoder(model_path)
+    report = encode_folder(model, image_dir, out / SHARDS_DIR, batch_size=batch_size, shard_size=shard_size,
+                           resume=resume, progress=progress)
+    index = index_shards(out / SHARDS_DIR, out / INDEX_DIR, spec=spec, model_path=model_path, progress=progress)
+    return BuildResult(Path(model_path), out / SHARDS_DIR, out / INDEX_DIR, index, report)
+
+
+def index_shards(shards_dir, index_dir, *, spec: str = "flat", model_path=None, progress: bool = True) -> HashIndex:
+    """Load a shard store into a ``spec`` index and save it to ``index_dir``."""
+    index = HashIndex.from_shards(shards_dir, spec=spec, progress=progress)
+    if model_path is not None:
+        index.metadata["model"] = str(Path(model_path).resolve())
+    index.save(index_dir)
+    return index
