@@ -102,3 +102,28 @@ def _append_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
     with open(out_dir / SKIPPED_REPORT, "a", encoding="utf-8") as fh:
         for path, reason in skipped:
             fh.write(json.dumps({"path": path, "reason": reason}) + "\n")
+
+
+def encode_files(model, paths: "list[str | os.PathLike]", *, batch_size: int = 64, device: str = "auto"):
+    """Encode individual image files (e.g. queries). Returns ``(codes, features, encoded, failed)``:
+    packed codes and F7 features of the readable files, their positions in ``paths``, and
+    ``(path, reason)`` for each unreadable one."""
+    import numpy as np
+
+    images = ImageList(root=Path("."), samples=[(os.fspath(p), -1) for p in paths])
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    loader = DataLoader(ImageFileDataset(images, image_transform(model.input_cfg)), batch_size=batch_size,
+                        collate_fn=collate_skipping_unreadable)
+    codes, features, encoded, failed = [], [], [], []
+    for batch in loader:
+        failed.extend((images.samples[i][0], reason) for i, reason in batch.failed)
+        if len(batch.ids):
+            c, f = model.encode(batch.images.to(dev))
+            codes.append(c)
+            features.append(f)
+            encoded.extend(batch.ids.tolist())
+    if not codes:
+        return (np.empty((0, model.bits // 8), np.uint8), np.empty((0, model.feature_dim), np.float32),
+                encoded, failed)
+    return np.concatenate(codes), np.concatenate(features), encoded, failed

@@ -38,3 +38,59 @@ class ClassificationLoss(BaseHashLoss):
         if output.logits is None:
             raise ValueError("ClassificationLoss needs a model that returns logits (num_classes set)")
         return {"classification": F.cross_entropy(output.logits, labels)}
+
+
+def hashnet_pair_weights(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HashNet's pair weights for a batch: ``(weights, similar, pairs)``, all ``(n, n)``.
+
+    ``pairs`` masks the ordered pairs ``i != j`` (a code paired with itself carries no
+    information); ``similar`` is ``s_ij`` (same label). With ``S`` all pairs, ``S1`` the
+    similar and ``S0`` the dissimilar ones, ``w_ij = |S| / |S1|`` for similar and
+    ``|S| / |S0|`` for dissimilar pairs, so both kinds weigh the same in total.
+    """
+    n = labels.shape[0]
+    pairs = ~torch.eye(n, dtype=torch.bool, device=labels.device)
+    similar = (labels[:, None] == labels[None, :]) & pairs
+    n_pairs = pairs.sum()
+    n_similar = similar.sum()
+    n_dissimilar = n_pairs - n_similar
+    w_similar = n_pairs / n_similar.clamp(min=1)
+    w_dissimilar = n_pairs / n_dissimilar.clamp(min=1)
+    weights = torch.where(similar, w_similar, w_dissimilar).float() * pairs
+    return weights, similar, pairs
+
+
+class HashNetLoss(BaseHashLoss):
+    """HashNet's weighted pairwise cross-entropy (Cao et al., 2017) on relaxed codes ``h``:
+
+        ``l_ij = log(1 + exp(a <h_i, h_j>)) - a s_ij <h_i, h_j>``,  ``a = 10 / k`` by default,
+
+    weighted by :func:`hashnet_pair_weights` and divided by the number of pairs ``|S|``
+    (i.e. the mean loss of the similar pairs plus that of the dissimilar ones). The first
+    term is computed as ``softplus`` so large inner products neither overflow nor lose
+    precision. Term name: ``similarity``.
+    """
+
+    def __init__(self, alpha: float | None = None) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def compute_loss(self, output, labels):
+        codes = output.codes.float()
+        alpha = self.alpha if self.alpha is not None else 10.0 / codes.shape[1]
+        weights, similar, pairs = hashnet_pair_weights(labels)
+        inner = alpha * (codes @ codes.T)
+        pair_loss = F.softplus(inner) - similar.float() * inner
+        return {"similarity": (weights * pair_loss).sum() / pairs.sum().clamp(min=1)}
+
+
+#: Losses a training stage can name (``Stage(loss="hashnet")``); ``None`` means the model's own.
+LOSSES = {"classification": ClassificationLoss, "hashnet": HashNetLoss}
+
+
+def create_loss(name: str) -> BaseHashLoss:
+    """A loss by name: one of :data:`LOSSES`."""
+    try:
+        return LOSSES[name]()
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSSES))}") from None

@@ -1,27 +1,58 @@
 """One training loop for every deep hashing method: the model and its loss stay separate.
 
+A run is a list of :class:`Stage` s (one by default): each says which named parts of the
+model train (the rest are frozen and kept in eval mode), with which loss, optimiser,
+learning rate (constant or annealed per step) and weight decay. Bilinear-HashNet's
+three-stage schedule is such a list; every other method trains in one stage.
+
 Seeded per epoch (a resumed run sees the same batches as an uninterrupted one), a progress
-bar with every named loss term, a checkpoint after every epoch and resume from the last one.
+bar with every named loss term, a checkpoint after every epoch and resume from the last
+one, giving the same weights as an uninterrupted run; mixed precision only on a GPU.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
 
 CHECKPOINT_NAME = "last.pt"
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+@dataclass
+class Stage:
+    """One phase of training. ``None`` fields fall back to the :class:`TrainConfig` value
+    (``loss=None``: the model's own loss; ``train=None``: every part of the model)."""
+
+    epochs: int
+    train: tuple[str, ...] | None = None  #: names from the model's ``module_groups()``
+    lr: float | None = None
+    lr_end: float | None = None  #: where a non-constant schedule ends
+    lr_schedule: str | None = None  #: one of :data:`LR_SCHEDULES`
+    weight_decay: float | None = None
+    optimizer: str | None = None  #: ``"adam"`` or ``"sgd"``
+    loss: str | None = None  #: a name from :data:`encoders.losses.LOSSES`
+    name: str = ""
 
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters; ``optimizer`` is ``"adam"`` or ``"sgd"`` (with ``momentum``)."""
+    """Training hyper-parameters; ``optimizer`` is ``"adam"`` or ``"sgd"`` (with ``momentum``).
+
+    ``stages`` overrides the model's default schedule (``model.default_stages(epochs)`` if it
+    has one, else a single stage of ``epochs`` epochs); the number of epochs is then their sum.
+    ``lr_schedule`` anneals the learning rate per step from ``lr`` to ``lr_end`` (default
+    ``lr / 100``) within each stage. ``amp`` enables mixed precision, on CUDA only.
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -34,6 +65,15 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_dir: str | None = None
     resume: bool = False
+    lr_schedule: str = "constant"
+    lr_end: float | None = None
+    stages: list[Stage] | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
+        if self.stages is not None:
+            self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -51,58 +91,185 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
 
 
+def resolve_stages(model, config: TrainConfig) -> list[Stage]:
+    """The stages to run, with every ``None`` hyper-parameter filled from ``config``."""
+    if config.stages:
+        stages = list(config.stages)
+    elif hasattr(model, "default_stages"):
+        stages = list(model.default_stages(config.epochs))
+    else:
+        stages = [Stage(epochs=config.epochs)]
+    resolved = []
+    for i, s in enumerate(stages):
+        if s.epochs < 0:
+            raise ValueError(f"stage {i} ({s.name or 'unnamed'}): epochs must be >= 0, got {s.epochs}")
+        lr = config.lr if s.lr is None else s.lr
+        schedule = s.lr_schedule or config.lr_schedule
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+        lr_end = s.lr_end if s.lr_end is not None else (config.lr_end if config.lr_end is not None else lr / 100)
+        resolved.append(replace(
+            s, lr=lr, lr_end=lr_end, lr_schedule=schedule, name=s.name or f"stage{i + 1}",
+            weight_decay=config.weight_decay if s.weight_decay is None else s.weight_decay,
+            optimizer=s.optimizer or config.optimizer,
+        ))
+    return resolved
+
+
+def module_groups(model) -> dict[str, list[nn.Module]]:
+    """The model's named parts (``model.module_groups()``), by default ``backbone`` and
+    ``head`` (every other child module). Each parameter must belong to exactly one part."""
+    if hasattr(model, "module_groups"):
+        groups = model.module_groups()
+    else:
+        head = [m for name, m in model.named_children() if name != "backbone"]
+        groups = {"backbone": [model.backbone], "head": head}
+    owner: dict[int, str] = {}
+    for name, modules in groups.items():
+        for module in modules:
+            for p in module.parameters():
+                if id(p) in owner and owner[id(p)] != name:
+                    raise ValueError(f"parameter in both module groups {owner[id(p)]!r} and {name!r}")
+                owner[id(p)] = name
+    missing = [n for n, p in model.named_parameters() if id(p) not in owner]
+    if missing:
+        raise ValueError(f"parameters in no module group: {', '.join(missing[:5])}")
+    return groups
+
+
+def learning_rate(stage: Stage, step: int, total_steps: int) -> float:
+    """The learning rate of ``stage`` at its ``step`` (0-based) of ``total_steps``."""
+    if stage.lr_schedule == "constant" or total_steps <= 1:
+        return stage.lr
+    t = min(step, total_steps - 1) / (total_steps - 1)
+    if stage.lr_schedule == "cosine":
+        return stage.lr_end + (stage.lr - stage.lr_end) * 0.5 * (1 + math.cos(math.pi * t))
+    if stage.lr <= 0 or stage.lr_end <= 0:
+        raise ValueError(f"an exponential schedule needs positive lr and lr_end, got {stage.lr} and {stage.lr_end}")
+    return stage.lr * (stage.lr_end / stage.lr) ** t
+
+
+@dataclass
+class _StageRun:
+    """What one stage needs while it runs: trainable modules, frozen ones, optimiser, loss."""
+
+    index: int
+    stage: Stage
+    frozen: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    loss: nn.Module
+    scaler: torch.amp.GradScaler
+
+
+def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, loss, use_amp: bool) -> _StageRun:
+    from .losses import create_loss
+
+    names = tuple(groups) if stage.train is None else tuple(stage.train)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise ValueError(f"stage {stage.name!r} trains unknown part(s) {unknown}; model parts: {', '.join(groups)}")
+    model.requires_grad_(False)
+    trainable = [m for n in names for m in groups[n]]
+    for m in trainable:
+        m.requires_grad_(True)
+    frozen = [m for n, ms in groups.items() if n not in names for m in ms]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"stage {stage.name!r} has no parameter to train (parts {names})")
+    opt_config = replace(config, lr=stage.lr, weight_decay=stage.weight_decay, optimizer=stage.optimizer)
+    optimizer = make_optimizer(params, opt_config)
+    if loss is None:
+        loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
+    return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
+
+
 def train_model(model, images: ImageList, config: TrainConfig | None = None, loss=None,
-                progress: bool = True) -> list[dict]:
-    """Train ``model`` on the labelled ``images``; returns one dict of mean loss terms per epoch."""
+                progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train ``model`` on the labelled ``images``; returns one dict of mean loss terms per epoch.
+
+    ``loss``, when given, replaces every stage's loss. ``on_epoch_end(epoch, record)`` is
+    called after each epoch's checkpoint is written.
+    """
     config = config or TrainConfig()
-    loss = loss if loss is not None else model.default_loss()
+    stages = resolve_stages(model, config)
+    groups = module_groups(model)
     device = resolve_device(config.device)
     model.to(device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_amp = config.amp and device.type == "cuda"
     dataset = ImageFileDataset(images, image_transform(model.input_cfg))
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    # Global epoch -> (stage index, epoch within the stage).
+    plan = [(i, e) for i, s in enumerate(stages) for e in range(s.epochs)]
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
     history: list[dict] = []
     start_epoch = 0
+    saved = None
     if checkpoint is not None and config.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = state["history"], state["epoch"]
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        history, start_epoch = saved["history"], saved["epoch"]
 
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                            num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
-                            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        model.train()
-        sums: dict[str, float] = {}
-        seen = 0
-        bar = _progress(loader, progress, f"epoch {epoch + 1}/{config.epochs}")
-        for step, batch in enumerate(bar):
-            if len(batch.labels) < 2:
-                continue
-            model.on_train_step(epoch * steps_per_epoch + step)
-            x, y = batch.images.to(device), batch.labels.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                terms = loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            n = len(y)
-            seen += n
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
-            if progress:
-                bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()})
-        history.append({"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()}})
-        if checkpoint is not None:
-            save_torch_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "epoch": epoch + 1, "history": history, "config": asdict(config)}, checkpoint)
+    run: _StageRun | None = None
+    try:
+        for epoch in range(start_epoch, len(plan)):
+            stage_index, epoch_in_stage = plan[epoch]
+            if run is None or run.index != stage_index:
+                run = _start_stage(model, groups, stage_index, stages[stage_index], config, loss, use_amp)
+                # The saved optimiser state belongs to the stage it was saved in; a new stage starts afresh.
+                if saved is not None and saved.get("stage") == stage_index and "optimizer" in saved:
+                    run.optimizer.load_state_dict(saved["optimizer"])
+                    run.scaler.load_state_dict(saved["scaler"])
+                saved = None
+            record = _train_epoch(model, run, dataset, config, device, use_amp, epoch, epoch_in_stage,
+                                  steps_per_epoch, len(plan), progress)
+            history.append(record)
+            if checkpoint is not None:
+                save_torch_atomic({"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                   "scaler": run.scaler.state_dict(), "stage": stage_index, "epoch": epoch + 1,
+                                   "history": history, "config": asdict(config)}, checkpoint)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+    finally:
+        model.requires_grad_(True)
     return history
+
+
+def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, use_amp: bool, epoch: int,
+                 epoch_in_stage: int, steps_per_epoch: int, total_epochs: int, progress: bool) -> dict:
+    torch.manual_seed(config.seed * 100_003 + epoch)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                        num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
+                        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    model.train()
+    for module in run.frozen:
+        module.eval()  # frozen parts keep their batch-norm statistics and drop no units
+    stage_steps = run.stage.epochs * steps_per_epoch
+    sums: dict[str, float] = {}
+    seen = 0
+    bar = _progress(loader, progress, f"epoch {epoch + 1}/{total_epochs} [{run.stage.name}]")
+    for step, batch in enumerate(bar):
+        if len(batch.labels) < 2:
+            continue
+        stage_step = epoch_in_stage * steps_per_epoch + step
+        lr = learning_rate(run.stage, stage_step, stage_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        model.on_train_step(stage_step)
+        x, y = batch.images.to(device), batch.labels.to(device)
+        with torch.autocast(device.type, enabled=use_amp):
+            terms = run.loss(model(x), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(terms["loss"]).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        n = len(y)
+        seen += n
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+        if progress:
+            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()})
+    return {"epoch": epoch + 1, "stage": run.stage.name, "lr": lr if seen else run.stage.lr,
+            **{k: v / max(seen, 1) for k, v in sums.items()}}
 
 
 def _progress(iterable, enabled: bool, desc: str):

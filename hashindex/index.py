@@ -14,6 +14,7 @@ import numpy as np
 
 from ._io import fsync_path, int_column, replace_durably, write_json_atomic
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits
+from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
 from .spec import IndexSpec, apply_search_params, parse_spec
 from .store import ShardReader
@@ -40,13 +41,15 @@ class HashIndex:
     """
 
     def __init__(self, bits: int = 64, spec: "str | IndexSpec" = "flat", class_names=None,
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, device: str = "cpu") -> None:
         self.bits = check_bits(bits)
         self.spec = parse_spec(spec)
         self.class_names: list[str] = list(class_names or [])
         #: Free-form JSON-able provenance saved with the index (e.g. source shards, encoder file).
         self.metadata: dict = dict(metadata or {})
         self._index = self.spec.build(self.bits)
+        #: Where kNN searches run: ``device`` is "cpu", "gpu" or "auto" (see :mod:`hashindex.gpu`).
+        self._placement = DevicePlacement(device)
         self._labels = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
         self._ids_are_rows = True
@@ -84,6 +87,11 @@ class HashIndex:
     def faiss_index(self) -> faiss.IndexBinary:
         """The underlying Faiss index (rows as ids)."""
         return self._index
+
+    @property
+    def device(self) -> str:
+        """The device kNN searches really run on: ``"cpu"`` or ``"gpu"`` (after any fallback)."""
+        return self._placement.device
 
     @property
     def is_trained(self) -> bool:
@@ -174,13 +182,13 @@ class HashIndex:
 
     @classmethod
     def from_shards(cls, directory, spec: "str | IndexSpec" = "flat", *, features: bool = True,
-                    progress: bool = True) -> "HashIndex":
+                    progress: bool = True, device: str = "cpu") -> "HashIndex":
         """Load every shard of a store (codes, labels, ids and, if stored, features)."""
         reader = ShardReader(directory)
         fields = ["codes", "labels", "ids"] + (["features"] if features and reader.feature_dim else [])
         data = reader.read(fields, progress=progress)
         index = cls(bits=reader.bits, spec=spec, class_names=reader.class_names,
-                    metadata={**reader.info.metadata, "shards": str(Path(directory).resolve())})
+                    metadata={**reader.info.metadata, "shards": str(Path(directory).resolve())}, device=device)
         index.add(data["codes"], labels=data["labels"], features=data.get("features"), ids=data["ids"])
         return index
 
@@ -195,7 +203,7 @@ class HashIndex:
         if len(self) == 0 or len(packed) == 0:
             return (np.full((len(packed), k), MISSING_DISTANCE, dtype=np.int32),
                     np.full((len(packed), k), -1, dtype=np.int64))
-        D, rows = self._index.search(packed, k)
+        D, rows = self._placement.search(self._index, packed, k)
         D[rows < 0] = MISSING_DISTANCE
         return D, rows
 
@@ -322,8 +330,9 @@ class HashIndex:
         return target
 
     @classmethod
-    def load(cls, directory, bits: int | None = None) -> "HashIndex":
-        """Load an index written by :meth:`save`; ``bits`` (optional) must match the saved width."""
+    def load(cls, directory, bits: int | None = None, device: str = "cpu") -> "HashIndex":
+        """Load an index written by :meth:`save`; ``bits`` (optional) must match the saved width.
+        ``device`` ("cpu" | "gpu" | "auto") is where searches run; it is not saved with the index."""
         directory = Path(directory)
         pointer = directory / _CURRENT
         if not pointer.exists():
@@ -338,7 +347,7 @@ class HashIndex:
         if bits is not None and int(bits) != meta["bits"]:
             raise ValueError(f"{directory}: index holds {meta['bits']}-bit codes, expected {bits}-bit")
         index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"),
-                    metadata=meta.get("metadata"))
+                    metadata=meta.get("metadata"), device=device)
         index._index = faiss.read_index_binary(str(target / "index.faiss"))
         apply_search_params(index._index, index.spec.kind, index.spec.params)
         with h5py.File(target / "data.h5", "r") as f:

@@ -105,7 +105,7 @@ def parse_spec(spec: "str | IndexSpec") -> IndexSpec:
         if match:
             args = tuple(int(g) for g in match.groups())
             if any(a <= 0 for a in args):
-                raise ValueError(f"index spec {spec!r}: numbers must be positive")
+                raise ValueError(f"index spec {spec!r}: numbers must be positive; valid specs: {SPEC_GRAMMAR}")
             return IndexSpec(kind, args, _parse_params(spec, param_tokens, allowed))
     raise ValueError(f"unknown index spec {spec!r}; valid specs: {SPEC_GRAMMAR}")
 

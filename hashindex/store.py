@@ -152,14 +152,15 @@ class ShardWriter:
             metadata=dict(metadata or {}),
         )
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.removed_temporary_files = self._remove_leftover_temporaries()
         manifest = self.directory / MANIFEST
+        if manifest.exists() and not resume:
+            raise FileExistsError(
+                f"{self.directory} already holds a shard store; pass resume=True to append "
+                "to it or choose an empty directory"
+            )
+        # One writer per store: what a previous writer left half-written is garbage now.
+        self.removed_temporary_files = self._remove_leftover_temporaries()
         if manifest.exists():
-            if not resume:
-                raise FileExistsError(
-                    f"{self.directory} already holds a shard store; pass resume=True to append "
-                    "to it or choose an empty directory"
-                )
             self.info = self._check_resumable(read_store_info(self.directory), requested)
         else:
             existing = sorted(self.directory.glob("part-*.h5"))
@@ -368,7 +369,7 @@ class ShardReader:
         if self.leftover_temporary_files:
             warnings.warn(
                 f"{self.directory}: ignoring incomplete temporary file(s) "
-                f"{', '.join(p.name for p in self.leftover_temporary_files)} (an interrupted write)",
+                f"{', '.join(p.name for p in self.leftover_temporary_files)} (a write in progress or an interrupted one)",
                 stacklevel=2,
             )
         self._check_shards()

@@ -29,6 +29,12 @@ def brute_force_knn(queries: np.ndarray, database: np.ndarray, k: int):
     return D, I
 
 
+def tie_heavy_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """Packed codes drawn from few distinct patterns, so Hamming distances tie massively."""
+    patterns = rng.integers(0, 256, size=(max(2, n // 20), bits // 8), dtype=np.uint8)
+    return patterns[rng.integers(0, len(patterns), size=n)].copy()
+
+
 def assert_same_knn(D_ref, I_ref, D, I, *, database=None, queries=None) -> None:
     """Assert two kNN results agree up to the order of tied neighbours.
 

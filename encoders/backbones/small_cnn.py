@@ -16,6 +16,7 @@ class SmallCNN(nn.Module):
     def __init__(self, feature_dim: int = 256, width: int = 32, input_size: int = 32) -> None:
         super().__init__()
         self.feature_dim = feature_dim
+        self.map_channels = 4 * width  #: channels of the last conv map (see conv_trunk)
         self.input_cfg = {"input_size": (3, input_size, input_size), "mean": GREY_MEAN, "std": GREY_STD}
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -30,6 +31,11 @@ class SmallCNN(nn.Module):
 
     def forward(self, images):
         return self.fc7(self.conv(images))
+
+    def conv_trunk(self) -> nn.Module:
+        """The conv blocks up to the last map, before pooling: ``(n, map_channels, h/4, w/4)``
+        (what bilinear pooling consumes)."""
+        return self.conv[:-1]
 
 
 @register_backbone

@@ -1,0 +1,209 @@
+"""``hashindex`` command line: a thin click layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .spec import SPEC_GRAMMAR
+
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _set_threads(ctx: click.Context, _param, threads: int | None) -> None:
+    if threads:
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(threads)
+        torch.set_num_threads(threads)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads, expose_value=False,
+              help="Threads for Faiss and torch (default: all cores).")
+@click.version_option(package_name="hashindex")
+def main() -> None:
+    """Image retrieval with deep binary hashing: train an encoder, encode an image folder
+    into HDF5 shards, index them with Faiss, and search by Hamming distance."""
+
+
+def _train_options(fn):
+    options = [
+        click.option("--method", default="dlbhc", help="Hashing method (see `hashindex list`)."),
+        click.option("--backbone", default="small_cnn", help="Feature extractor (see `hashindex list`)."),
+        click.option("--bits", type=click.IntRange(min=8), default=64, help="Code length, a multiple of 8."),
+        click.option("--epochs", type=click.IntRange(min=1), default=10),
+        click.option("--batch-size", type=click.IntRange(min=2), default=64),
+        click.option("--lr", type=float, default=1e-3, help="Learning rate."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
+        click.option("--seed", type=int, default=0),
+        click.option("--device", default="auto", help="auto, cpu or cuda."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _train_config(epochs, batch_size, lr, optimizer, seed, device, checkpoint_dir=None, resume=False):
+    from encoders.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, device=device,
+                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
+
+
+@main.command()
+@click.argument("image_dir", type=_EXISTING_DIR)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("model.pt"),
+              help="Encoder file to write.")
+@_train_options
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save a checkpoint after every epoch here.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --checkpoint-dir.")
+def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, seed, device,
+          checkpoint_dir, resume):
+    """Train an encoder on IMAGE_DIR (one sub-folder per class) and save it to --out."""
+    from .pipeline import train_encoder
+
+    config = _train_config(epochs, batch_size, lr, optimizer, seed, device, checkpoint_dir, resume)
+    path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config)
+    click.echo(f"saved encoder to {path}")
+
+
+@main.command()
+@click.argument("image_dir", type=_EXISTING_DIR)
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Encoder file written by `hashindex train`.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Shard directory.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, help="Records per shard file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64)
+@click.option("--resume", is_flag=True, help="Continue an interrupted encode after its last complete shard.")
+@click.option("--device", default="auto")
+def encode(image_dir, model_path, out, shard_size, batch_size, resume, device):
+    """Encode every image of IMAGE_DIR into HDF5 shards (codes, F7 features, labels, ids, paths)."""
+    from encoders import load_encoder
+    from encoders.encode import SKIPPED_REPORT, encode_folder
+
+    report = encode_folder(load_encoder(model_path), image_dir, out, shard_size=shard_size, batch_size=batch_size,
+                           resume=resume, device=device)
+    click.echo(f"encoded {report.encoded} images into {out} ({report.total} records in the store)")
+    _report_skipped(report.skipped, out / SKIPPED_REPORT)
+
+
+def _report_skipped(skipped, report_file: Path) -> None:
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable file(s), listed in {report_file}:", err=True)
+        for path, reason in skipped[:10]:
+            click.echo(f"  {path}: {reason}", err=True)
+
+
+@main.command("index")
+@click.argument("shards", type=_EXISTING_DIR)
+@click.option("--spec", default="flat", help=f"Index spec: {SPEC_GRAMMAR}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Index directory.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Encoder file to remember for `hashindex search`.")
+def index_cmd(shards, spec, out, model_path):
+    """Load the shards in SHARDS into a Faiss binary index and save it to --out."""
+    from .pipeline import index_shards
+
+    index = index_shards(shards, out, spec=spec, model_path=model_path)
+    click.echo(f"saved {index} to {out}")
+
+
+@main.command()
+@click.argument("index_dir", type=_EXISTING_DIR)
+@click.argument("query_images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", type=click.IntRange(min=1), default=8, help="Neighbours per query.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Encoder file (default: the one recorded with the index).")
+@click.option("--rerank", is_flag=True, help="Rerank a Hamming candidate pool by Euclidean distance on F7.")
+@click.option("--candidates", type=click.IntRange(min=1), default=1000, help="Pool size for --rerank.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search(index_dir, query_images, k, model_path, rerank, candidates, as_json):
+    """Find the k nearest neighbours of each QUERY_IMAGE in the index at INDEX_DIR and vote its class."""
+    from .query import search_images
+
+    results = search_images(index_dir, query_images, k=k, model_path=model_path, rerank=rerank,
+                            candidates=candidates)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for item in results:
+        if "error" in item:
+            click.echo(f"{item['query']}: unreadable ({item['error']})", err=True)
+            continue
+        click.echo(f"{item['query']}  ->  voted class: {item['voted_class']}")
+        for rank, n in enumerate(item["neighbours"], 1):
+            click.echo(f"  {rank:2d}. id {n['id']:>8}  distance {n['distance']:<8g}  class {n['class']:<12} {n['path']}")
+
+
+@main.command("eval")
+@click.argument("index_dir", type=_EXISTING_DIR)
+@click.argument("query_shards", type=_EXISTING_DIR)
+@click.option("--database", type=_EXISTING_DIR, default=None,
+              help="Shards of the indexed codes (default: the ones the index was built from).")
+@click.option("-k", type=click.IntRange(min=1), default=8, help="Neighbours for P@k and voting.")
+@click.option("--map-k", type=click.IntRange(min=1), default=1000, help="Depth of mAP@k.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON.")
+def eval_cmd(index_dir, query_shards, database, k, map_k, out):
+    """Score the index at INDEX_DIR with the labelled queries in QUERY_SHARDS."""
+    from .query import evaluate_index
+
+    figures = evaluate_index(index_dir, query_shards, database=database, k=k, map_k=map_k)
+    for name, value in figures.items():
+        click.echo(f"{name:32s} {value:.4f}" if isinstance(value, float) else f"{name:32s} {value}")
+    if out:
+        out.write_text(json.dumps(figures, indent=2))
+
+
+@main.command()
+@click.argument("image_dir", type=_EXISTING_DIR)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for model.pt, shards/ and index/.")
+@_train_options
+@click.option("--spec", default="flat", help=f"Index spec: {SPEC_GRAMMAR}.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Use this encoder instead of training one.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000)
+@click.option("--resume", is_flag=True, help="Continue an interrupted build.")
+def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, seed, device, spec, model_path,
+          shard_size, resume):
+    """Train, encode and index IMAGE_DIR in one go."""
+    from . import pipeline
+
+    result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
+                            batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
+                            config=_train_config(epochs, batch_size, lr, optimizer, seed, device))
+    click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")
+    from encoders.encode import SKIPPED_REPORT
+
+    _report_skipped(result.encode_report.skipped, result.shards_dir / SKIPPED_REPORT)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
+              help="Output directory (replaced).")
+@click.option("--epochs", type=click.IntRange(min=1), default=8)
+@click.option("--bits", type=click.IntRange(min=8), default=64)
+@click.option("--seed", type=int, default=0)
+def demo(out, epochs, bits, seed):
+    """Run the whole job on sklearn's embedded digits and print its figures."""
+    from .demo import run_demo
+
+    run_demo(out, epochs=epochs, bits=bits, seed=seed, echo=click.echo)
+
+
+@main.command("list")
+def list_cmd():
+    """List the registered encoders and backbones."""
+    from encoders import list_backbones, list_encoders
+
+    click.echo("encoders:  " + ", ".join(list_encoders()))
+    click.echo("backbones: " + ", ".join(list_backbones()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Shared fixtures: seeded generators and small real image folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hashindex.datasets import load_digits_images, write_image_folder
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """sklearn digits upscaled to 32x32: (images, labels)."""
+    return load_digits_images(size=32)
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory, digits):
+    """A small class-per-sub-folder image tree: 30 digits of each of classes 0-3."""
+    images, labels = digits
+    rows = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(4)])
+    return write_image_folder(images[rows], labels[rows], tmp_path_factory.mktemp("digits") / "images")

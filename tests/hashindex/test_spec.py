@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from hashindex import HashIndex, parse_spec
+from hashindex.testing import brute_force_knn
+
+DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "HNSW16", "HNSW16,efSearch=32",
+                    "MultiHash4x16", "MultiHash2x8,nflip=1"]
+
+
+@pytest.mark.parametrize("spec", DOCUMENTED_SPECS)
+def test_round_trip_string(spec):
+    assert str(parse_spec(spec)) == spec
+    assert parse_spec(str(parse_spec(spec))) == parse_spec(spec)
+
+
+@pytest.mark.parametrize("spec", DOCUMENTED_SPECS)
+def test_every_spec_builds_saves_loads_searches(tmp_path, rng, spec):
+    db = rng.integers(0, 256, size=(600, 8), dtype=np.uint8)
+    q = db[:20] ^ rng.integers(0, 2, size=(20, 8), dtype=np.uint8)
+    index = HashIndex(64, spec)
+    index.add(db)
+    D, I = index.search(q, k=5)
+    assert D.dtype == np.int32 and I.dtype == np.int64 and D.shape == I.shape == (20, 5)
+    valid = I >= 0
+    true = np.bitwise_count(q[:, None, :] ^ db[np.maximum(I, 0)]).sum(2)
+    np.testing.assert_array_equal(D[valid], true[valid])  # every id at its stated distance
+    index.save(tmp_path / "idx")
+    loaded = HashIndex.load(tmp_path / "idx")
+    assert str(loaded.spec) == str(index.spec)
+    D2, I2 = loaded.search(q, k=5)
+    np.testing.assert_array_equal(D2, D)
+    np.testing.assert_array_equal(I2, I)
+    for row in range(len(q)):
+        ids = I[row][valid[row]]
+        assert len(set(ids.tolist())) == len(ids)
+        assert np.all(np.diff(D[row][valid[row]]) >= 0)
+    # Nothing closer than the exact nearest neighbour can be returned.
+    assert np.all(D[:, 0] >= brute_force_knn(q, db, 1)[0][:, 0])
+
+
+@pytest.mark.parametrize("bad", ["", "IVF", "IVF0", "ivfx", "HNSW16,nprobe=3", "IVF8,nprobe=x", "flat,foo=1", 64])
+def test_bad_specs_list_the_grammar(bad):
+    with pytest.raises(ValueError) as err:
+        parse_spec(bad)
+    assert "IVF<nlist>" in str(err.value) or "parameters for this index" in str(err.value)
+
+
+def test_multihash_wider_than_code_is_rejected():
+    with pytest.raises(ValueError, match="exceed"):
+        HashIndex(32, "MultiHash4x16")
