@@ -7,6 +7,7 @@ orders them); an unsupervised folder may instead hold images directly (label ``-
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,12 @@ def image_transform(input_cfg: dict) -> Callable:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB (greyscale, palette, RGBA and 16-bit inputs converted)."""
+    """Open an image as RGB (greyscale, palette, RGBA and 16-bit inputs converted).
+
+    Raises for anything unreadable, including a decompression bomb (PIL's ``MAX_IMAGE_PIXELS``)
+    and a path that is not a regular file (a FIFO would block the open forever)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path}: not a regular file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:

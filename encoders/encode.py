@@ -3,7 +3,9 @@
 A record's id is the position of its file in the sorted listing of the folder
 (:func:`encoders.data.list_images`), so ids are stable across runs, resumes and
 distributed encodes. Unreadable files are skipped, counted and listed in
-``skipped.jsonl`` beside the shards.
+``skipped.jsonl`` beside the shards (one JSON line per file: path, id, reason), written
+as they are met so that a killed encode keeps them; a resume keeps the lines of files
+before its restart point and retries (and re-lists) the others, so each is listed once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from hashindex._io import replace_durably
 from hashindex.store import ShardWriter
 
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images
@@ -81,10 +84,14 @@ def encode_folder(
         from tqdm.auto import tqdm
 
         bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch")
-    with writer:
+    skipped_file = _restart_skipped_report(out_dir, writer.info.next_id)
+    with writer, open(skipped_file, "a", encoding="utf-8") as skipped_log:
         for batch in bar:
             for image_id, reason in batch.failed:
                 report.skipped.append((images.samples[image_id][0], reason))
+                skipped_log.write(json.dumps({"path": images.samples[image_id][0], "id": int(image_id),
+                                              "reason": reason}) + "\n")
+            skipped_log.flush()  # before the batch's records can complete a shard
             if len(batch.ids) == 0:
                 continue
             codes, features = model.encode(batch.images.to(dev))
@@ -92,16 +99,28 @@ def encode_folder(
             writer.add(codes, labels=batch.labels.numpy(), features=features, ids=batch_ids,
                        paths=[os.path.relpath(images.samples[i][0], images.root) for i in batch_ids])
             report.encoded += len(batch_ids)
-    _append_skipped(out_dir, report.skipped)
+    if skipped_file.stat().st_size == 0:
+        skipped_file.unlink()
     return report
 
 
-def _append_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
-    if not skipped:
-        return
-    with open(out_dir / SKIPPED_REPORT, "a", encoding="utf-8") as fh:
-        for path, reason in skipped:
-            fh.write(json.dumps({"path": path, "reason": reason}) + "\n")
+def _restart_skipped_report(out_dir: Path, next_id: int) -> Path:
+    """Keep the report lines of files with id < ``next_id`` (behind the last complete shard, so
+    final); drop the others, and any line torn by a crash: this run retries those files."""
+    path = out_dir / SKIPPED_REPORT
+    kept = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and int(entry.get("id", -1)) < next_id:
+                kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    replace_durably(tmp, path)
+    return path
 
 
 def encode_files(model, paths: "list[str | os.PathLike]", *, batch_size: int = 64, device: str = "auto"):

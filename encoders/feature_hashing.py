@@ -50,6 +50,11 @@ class FeatureHasher(nn.Module):
 
     method: str = ""
     state_names: tuple[str, ...] = ()
+    #: Iterative methods take ``fit(features, targets, device=, epochs=, progress=)``.
+    iterative: bool = False
+    #: Side of the downsampled images the method learns to reconstruct from the image
+    #: pipeline (``None``: it needs the features only).
+    reconstruction_size: int | None = None
 
     def __init__(self, bits: int = 64, seed: int = 0, **config) -> None:
         super().__init__()

@@ -17,14 +17,22 @@ or raw pixels); the method fits on them like the classical baselines
   * ``L_N = 1/2 mean_ij (h_i . h_j / bits - M_ij)^2`` over the batch's pairs (a mean rather
     than the paper's sum, so the weights do not depend on the batch size);
   * ``L_C = pixel + perceptual + quantization_weight * quantization`` with ``pixel`` the MSE
-    between ``G(h, z)`` and the image, ``perceptual`` the MSE between the two in the
-    critic's penultimate feature space (feature matching: no pretrained network is needed,
-    whatever the image space), ``quantization = 1/2 ||h - sign(h)||^2 / bits``;
+    between ``G(h, z)`` and the image, ``perceptual`` = 1 - cosine similarity of the two in
+    the critic's penultimate feature space (feature matching: no pretrained network is
+    needed, whatever the image space; the cosine keeps it bounded while the critic's
+    feature scale drifts), ``quantization = 1/2 ||h - sign(h)||^2 / bits``;
   * ``L_A = -mean D(G(h, z))``; the critic minimises
     ``mean D(G(h, z)) - mean D(x) + gradient_penalty * (||grad D(x_hat)|| - 1)^2``.
 
-- **Optimiser.** RMSProp with weight decay 5e-4 and momentum 0.9 as in the paper, one critic
-  step per encoder / generator step by default.
+- **Weights.** ``lambda_content = 0.01``, ``lambda_adversarial = 0.001``, chosen on MNIST at
+  32 bits (mAP@all, one seed): 0.586 after 20 epochs, against 0.560 with 0.1 / 0.001 (20
+  epochs) and 0.509 with 0.1 / 0.01 (10 epochs). Larger weights let reconstruction and the
+  critic pull the codes away from the neighbourhood structure that retrieval needs; on raw
+  pixels the neighbourhood loss alone scored about the same (0.594), so here the GAN
+  terms act as regularisers, not as the source of the gain over the baselines.
+- **Optimiser.** RMSProp as in the paper, its "decay 5e-4" read as weight decay, momentum
+  0.9, learning rate 1e-4 (1e-3 and 3e-4 were unstable), one critic step per encoder /
+  generator step.
 """
 
 from __future__ import annotations
@@ -89,6 +97,12 @@ def quantization_loss(h: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((h - torch.sign(h)) ** 2).mean(dim=1).mean()
 
 
+def perceptual_loss(fake_features: torch.Tensor, real_features: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` between generated and real images in a feature space, averaged: bounded,
+    so a critic whose feature scale keeps growing cannot make it dominate the loss."""
+    return (1 - F.cosine_similarity(fake_features, real_features, dim=1)).mean()
+
+
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, generator=None) -> torch.Tensor:
     """WGAN-GP: ``mean (||grad D(x_hat)||_2 - 1)^2`` on random interpolates of real and fake."""
     alpha = torch.rand(len(real), 1, generator=generator).to(real.device)
@@ -103,7 +117,7 @@ def generator_terms(h: torch.Tensor, similarity: torch.Tensor, fake: torch.Tenso
     return {
         "neighbourhood": neighbourhood_loss(h, similarity),
         "pixel": F.mse_loss(fake, real),
-        "perceptual": F.mse_loss(critic.features(fake), critic.features(real).detach()),
+        "perceptual": perceptual_loss(critic.features(fake), critic.features(real).detach()),
         "quantization": quantization_loss(h),
         "adversarial": -critic(fake).mean(),
     }
@@ -123,6 +137,7 @@ class GANHash(FeatureHasher):
 
     method = "gan_hash"
     state_names = ("feature_mean", "feature_scale", "epsilon")
+    iterative = True
 
     def __init__(
         self,
@@ -139,8 +154,8 @@ class GANHash(FeatureHasher):
         lr: float = 1e-4,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
-        lambda_content: float = 0.1,
-        lambda_adversarial: float = 0.01,
+        lambda_content: float = 0.01,
+        lambda_adversarial: float = 0.001,
         quantization_weight: float = 1.0,
         gradient_penalty: float = 10.0,
         critic_steps: int = 1,
@@ -167,6 +182,10 @@ class GANHash(FeatureHasher):
     @property
     def input_dim(self) -> int | None:
         return self.config["input_dim"]
+
+    @property
+    def reconstruction_size(self) -> int:
+        return self.settings["recon_size"]
 
     def _build(self, input_dim: int, target_dim: int) -> None:
         """Create the three networks, initialised from ``seed`` (the global RNG is left alone)."""
@@ -204,7 +223,9 @@ class GANHash(FeatureHasher):
         self.to(dev)
         xs = torch.from_numpy((x - mean) / scale).to(dev)
         ys = torch.from_numpy((y - y.mean(axis=0)) / (float(y.std()) or 1.0)).to(dev)
-        self.history = self._train(xs, ys, similar, self.settings["epochs"] if epochs is None else epochs, progress)
+        if epochs is not None:  # the config records what the model was actually trained with
+            self.settings["epochs"] = self.config["epochs"] = int(epochs)
+        self.history = self._train(xs, ys, similar, self.settings["epochs"], progress)
         return self.eval()
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, similar, epochs: int, progress: bool) -> list[dict]:

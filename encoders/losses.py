@@ -66,9 +66,10 @@ class HashNetLoss(BaseHashLoss):
         ``l_ij = log(1 + exp(a <h_i, h_j>)) - a s_ij <h_i, h_j>``,  ``a = 10 / k`` by default,
 
     weighted by :func:`hashnet_pair_weights` and divided by the number of pairs ``|S|``
-    (i.e. the mean loss of the similar pairs plus that of the dissimilar ones). The first
-    term is computed as ``softplus`` so large inner products neither overflow nor lose
-    precision. Term name: ``similarity``.
+    (i.e. the mean loss of the similar pairs plus that of the dissimilar ones). Since
+    ``log(1 + e^x) - x = log(1 + e^-x)``, a pair's loss is ``softplus(x)`` when dissimilar
+    and ``softplus(-x)`` when similar (``x = a <h_i, h_j>``): no overflow for large inner
+    products and no cancellation of two large terms. Term name: ``similarity``.
     """
 
     def __init__(self, alpha: float | None = None) -> None:
@@ -80,7 +81,7 @@ class HashNetLoss(BaseHashLoss):
         alpha = self.alpha if self.alpha is not None else 10.0 / codes.shape[1]
         weights, similar, pairs = hashnet_pair_weights(labels)
         inner = alpha * (codes @ codes.T)
-        pair_loss = F.softplus(inner) - similar.float() * inner
+        pair_loss = F.softplus(torch.where(similar, -inner, inner))
         return {"similarity": (weights * pair_loss).sum() / pairs.sum().clamp(min=1)}
 
 

@@ -54,7 +54,7 @@ def knn_similarity(features, k1: int = 20, k2: int = 30) -> sp.csr_matrix:
     indices, counts = [], []
     for start in range(0, n, _ROW_BLOCK):
         rows = np.arange(start, min(n, start + _ROW_BLOCK))
-        cols = np.concatenate([rows[:, None], first[rows], first[second[rows]].reshape(len(rows), -1)], axis=1)
+        cols = np.concatenate([rows[:, None], first[rows], first[second[rows]].reshape(len(rows), k1 * k2)], axis=1)
         cols.sort(axis=1)
         keep = np.ones(cols.shape, dtype=bool)
         keep[:, 1:] = cols[:, 1:] != cols[:, :-1]

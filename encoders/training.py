@@ -26,6 +26,7 @@ from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, imag
 
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+AUGMENTATIONS = (None, "shift", "shift_flip")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     has one, else a single stage of ``epochs`` epochs); the number of epochs is then their sum.
     ``lr_schedule`` anneals the learning rate per step from ``lr`` to ``lr_end`` (default
     ``lr / 100``) within each stage. ``amp`` enables mixed precision, on CUDA only.
+    ``augment`` randomly shifts (and flips) training images, see :func:`train_transform`.
     """
 
     epochs: int = 10
@@ -69,6 +71,7 @@ class TrainConfig:
     lr_end: float | None = None
     stages: list[Stage] | None = None
     amp: bool = True
+    augment: str | None = None  #: ``None``, ``"shift"`` or ``"shift_flip"``, see :func:`train_transform`
 
     def __post_init__(self) -> None:
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
@@ -89,6 +92,25 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
+
+
+def train_transform(input_cfg: dict, augment: str | None = None):
+    """The encoder's test-time transform, plus, when ``augment`` is set, a random shift of up
+    to 1/8 of the image (reflect-padded, then cropped back to size: the scale the encoder
+    sees at test time is kept) and for ``"shift_flip"`` a random horizontal flip."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTATIONS}")
+    if augment is None:
+        return image_transform(input_cfg)
+    from torchvision import transforms
+
+    _, h, w = input_cfg["input_size"]
+    steps = [transforms.Resize((h, w)),
+             transforms.RandomCrop((h, w), padding=(max(1, w // 8), max(1, h // 8)), padding_mode="reflect")]
+    if augment == "shift_flip":
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(input_cfg["mean"], input_cfg["std"])]
+    return transforms.Compose(steps)
 
 
 def resolve_stages(model, config: TrainConfig) -> list[Stage]:
@@ -196,7 +218,7 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
     device = resolve_device(config.device)
     model.to(device)
     use_amp = config.amp and device.type == "cuda"
-    dataset = ImageFileDataset(images, image_transform(model.input_cfg))
+    dataset = ImageFileDataset(images, train_transform(model.input_cfg, config.augment))
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     # Global epoch -> (stage index, epoch within the stage).
     plan = [(i, e) for i, s in enumerate(stages) for e in range(s.epochs)]

@@ -21,7 +21,18 @@ def _set_threads(ctx: click.Context, _param, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Group(click.Group):
+    """Bad input (``ValueError``, hence ``ShardError``; a missing or existing file) ends a command
+    with one ``Error: <message>`` line and exit status 1 rather than a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads, expose_value=False,
               help="Threads for Faiss and torch (default: all cores).")
 @click.version_option(package_name="hashindex")
@@ -81,11 +92,26 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
 @click.option("--resume", is_flag=True, help="Continue an interrupted encode after its last complete shard.")
 @click.option("--device", default="auto")
-def encode(image_dir, model_path, out, shard_size, batch_size, resume, device):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Encode on Ray workers: --ray alone starts a local Ray instance, --ray HOST:PORT joins a cluster.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, help="Ray workers (with --ray).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Images per Ray task (with --ray; default: --shard-size).")
+def encode(image_dir, model_path, out, shard_size, batch_size, resume, device, ray_address, workers, chunk_size):
     """Encode every image of IMAGE_DIR into HDF5 shards (codes, F7 features, labels, ids, paths)."""
     from encoders import load_encoder
     from encoders.encode import SKIPPED_REPORT, encode_folder
 
+    if ray_address is not None:
+        from encoders.distributed_encode import encode_folder_ray
+
+        ray_report = encode_folder_ray(model_path, image_dir, out, num_workers=workers, chunk_size=chunk_size,
+                                       shard_size=shard_size, batch_size=batch_size, resume=resume, device=device,
+                                       address=None if ray_address == "local" else ray_address)
+        click.echo(f"encoded {ray_report.num_images} images into {out} on {workers} Ray worker(s): "
+                   f"{ray_report.encoded} records, {ray_report.images_per_second:.1f} images/s")
+        _report_skipped([(s["path"], s["reason"]) for s in ray_report.skipped], out / SKIPPED_REPORT)
+        return
     report = encode_folder(load_encoder(model_path), image_dir, out, shard_size=shard_size, batch_size=batch_size,
                            resume=resume, device=device)
     click.echo(f"encoded {report.encoded} images into {out} ({report.total} records in the store)")
@@ -204,6 +230,14 @@ def list_cmd():
     click.echo("encoders:  " + ", ".join(list_encoders()))
     click.echo("backbones: " + ", ".join(list_backbones()))
 
+
+from .serve import serve_command  # noqa: E402 - cheap: Ray is imported only when it runs
+
+main.add_command(serve_command)
+
+from .bench import bench_command  # noqa: E402 - matplotlib and usearch are imported only when it runs
+
+main.add_command(bench_command)
 
 if __name__ == "__main__":
     main()

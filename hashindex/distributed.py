@@ -49,15 +49,16 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Sequence
 
+import faiss
 import h5py
 import numpy as np
 
 from .codes import MISSING_DISTANCE, as_packed_codes
-from .index import HashIndex
+from .index import HashIndex, _pad_ranges
 from .rerank import rerank_euclidean
 from .store import ShardError, StoreInfo, read_shard_attrs, read_store_info
 from .vote import majority_vote
@@ -73,6 +74,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 NAMESPACE = "hashindex"
 #: Queries sent to the actors per round trip (bounds the memory of one fan-out).
 DEFAULT_BATCH_SIZE = 4096
+#: Query batches submitted ahead of the one being merged (search and vote).
+DEFAULT_IN_FLIGHT = 4
 _POOL_CACHE = 8  # coarse pools an actor keeps for the fine round
 _POOLS = ("global", "shard")
 
@@ -116,11 +119,14 @@ def plan_shard_groups(info: StoreInfo, num_groups: int | None = None,
                          "actors; write smaller shards (shard_size) or use fewer actors")
     counts = np.array([s["count"] for s in info.shards], dtype=np.float64)
     ends = np.cumsum(counts)
-    # Cut after the shard whose cumulative count first reaches each 1/num_groups quantile,
+    # Cut at the shard boundary nearest to each 1/num_groups quantile of the records,
     # keeping at least one shard per group.
+    bounds_at = np.concatenate([[0.0], ends])  # records before each possible cut
     cuts, start = [], 0
     for g in range(1, num_groups):
-        cut = int(np.searchsorted(ends, ends[-1] * g / num_groups)) + 1
+        target = ends[-1] * g / num_groups
+        above = int(np.searchsorted(ends, target)) + 1  # first cut with >= target records before it
+        cut = above - 1 if target - bounds_at[above - 1] < bounds_at[above] - target else above
         cut = min(max(cut, start + 1), len(files) - (num_groups - g))
         cuts.append(cut)
         start = cut
@@ -139,40 +145,44 @@ class ShardServer:
     def __init__(self, directory: str, files: Sequence[str], spec: str = "flat", *, features: bool = True,
                  device: str = "cpu", threads: int | None = None, group: int = 0, num_groups: int = 1) -> None:
         if threads:
-            import faiss
-
             faiss.omp_set_num_threads(int(threads))
         self.directory = Path(directory)
         self.files = list(files)
         self.group, self.num_groups = group, num_groups
         info = read_store_info(self.directory)
         listed = {s["file"]: s for s in info.shards}
-        parts = {name: [] for name in ("codes", "labels", "ids", "features")}
-        want_features = features and info.feature_dim is not None
-        self.expected = 0
+        entries = []
         for name in self.files:
-            entry = listed.get(name)
-            path = self.directory / name
+            entry, path = listed.get(name), self.directory / name
             if entry is None:
                 raise ShardError(f"{path}: not listed in the store's manifest")
             attrs = read_shard_attrs(path, bits=info.bits)
             if (attrs["count"], attrs["first_id"]) != (entry["count"], entry["first_id"]):
                 raise ShardError(f"{path}: holds {attrs['count']} records from id {attrs['first_id']}, "
                                  f"manifest says {entry['count']} from id {entry['first_id']}")
+            entries.append(entry)
+        #: Records the manifest lists for this group; every reply carries ``len(index)`` to compare.
+        self.expected = sum(e["count"] for e in entries)
+        # Preallocated and filled shard by shard (as ShardReader.read does): peak memory is
+        # the group's data once, not twice.
+        data = {"codes": np.empty((self.expected, info.bits // 8), np.uint8),
+                "labels": np.empty(self.expected, np.int64), "ids": np.empty(self.expected, np.int64)}
+        if features and info.feature_dim is not None:
+            data["features"] = np.empty((self.expected, info.feature_dim), info.feature_dtype)
+        offset = 0
+        for entry in entries:
+            path = self.directory / entry["file"]
             try:
                 with h5py.File(path, "r") as f:
-                    for field in parts:
-                        if field != "features" or want_features:
-                            parts[field].append(f[field][()])
-            except (OSError, KeyError) as exc:
-                raise ShardError(f"{path}: unreadable shard ({exc})") from exc
-            self.expected += entry["count"]
+                    for field, out in data.items():
+                        f[field].read_direct(out, dest_sel=np.s_[offset : offset + entry["count"]])
+            except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... on a damaged file
+                raise ShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from exc
+            offset += entry["count"]
         self.index = HashIndex(info.bits, spec, class_names=info.class_names, device=device)
-        self.index.add(np.concatenate(parts["codes"]), labels=np.concatenate(parts["labels"]),
-                       features=np.concatenate(parts["features"]) if want_features else None,
-                       ids=np.concatenate(parts["ids"]))
+        self.index.add(data["codes"], labels=data["labels"], features=data.get("features"), ids=data["ids"])
         # Codes are kept beside the Faiss index only for the rerank's Hamming tie-break.
-        self._codes = np.concatenate(parts["codes"]) if want_features else None
+        self._codes = data["codes"] if "features" in data else None
         self._pools: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def describe(self) -> dict:
@@ -206,8 +216,6 @@ class ShardServer:
         return self._rerank_rows(packed, features, rows, k)
 
     def rerank_radius(self, packed: np.ndarray, features: np.ndarray, k: int, radius: int):
-        from .index import _pad_ranges
-
         return self._rerank_rows(packed, features, _pad_ranges(*self.index._range_rows(packed, radius)), k)
 
     def _rerank_rows(self, packed, features, pool, k):
@@ -223,7 +231,7 @@ class ShardServer:
 
 # ---------------------------------------------------------------------------- driver side
 def merge_topk(k: int, keys: Sequence[np.ndarray], *payload: np.ndarray) -> list[np.ndarray]:
-    """Merge per-group ``(nq, k_g)`` results, given as ``(groups, ...)`` stacks, into the top ``k``.
+    """Merge per-group results (lists with one ``(nq, k_g)`` array per group) into the top ``k``.
 
     ``keys`` are the sort keys, most significant first (e.g. distances then ids); rows of
     every key and payload array are concatenated over groups, ordered by the keys, and cut
@@ -244,11 +252,14 @@ class ShardedHashIndex:
     """
 
     def __init__(self, actors: list, descriptions: list[dict], *, timeout_s: float | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, in_flight: int = DEFAULT_IN_FLIGHT) -> None:
         self._actors = actors
         self._desc = descriptions
+        #: Seconds one call to every actor may take before ShardUnavailableError (None: no limit).
         self.timeout_s = timeout_s
+        #: Queries per round trip, and round trips submitted ahead while merging.
         self.batch_size = int(batch_size)
+        self.in_flight = max(1, int(in_flight))
         first = descriptions[0]
         self.bits = first["bits"]
         self.feature_dim = first["feature_dim"]
@@ -263,7 +274,8 @@ class ShardedHashIndex:
                     max_task_retries: int = 3, name: str | None = None, detached: bool = False,
                     timeout_s: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> "ShardedHashIndex":
         """Start one actor per shard group; each loads its files from ``directory`` (which every
-        node must see at the same path). Default: one actor per shard file.
+        node must see at the same path). Give ``num_actors`` or ``shards_per_actor``; by default
+        as many actors as the cluster has CPUs for, at most one per shard file.
 
         ``cpus_per_actor`` / ``gpus_per_actor`` are each actor's Ray resources (``device="gpu"``
         needs ``gpus_per_actor > 0`` for a GPU to be visible in the actor; fractions share one);
@@ -275,7 +287,9 @@ class ShardedHashIndex:
         directory = Path(directory).resolve()
         info = read_store_info(directory)
         if num_actors is None and shards_per_actor is None:
-            shards_per_actor = 1
+            cpus = ray.cluster_resources().get("CPU", 1)
+            fit = int(cpus // cpus_per_actor) if cpus_per_actor > 0 else len(info.shards)
+            num_actors = max(1, min(len(info.shards), fit))
         groups = plan_shard_groups(info, num_actors, shards_per_actor)
         remote_cls = ray.remote(ShardServer)
         actors = []
@@ -371,8 +385,18 @@ class ShardedHashIndex:
     def _search_with_labels(self, codes, k):
         packed = self._check_queries(codes, k)
         out = [], [], []
-        for start, stop, q_ref in self._batches(packed):
-            replies = self._gather([a.search.remote(q_ref, k) for a in self._actors], "search")
+        # Up to ``in_flight`` batches are submitted ahead, so actors search the next batch
+        # while the driver merges this one; Ray runs each actor's calls in submission order.
+        window: deque = deque()
+        batches = self._batches(packed)
+        while True:
+            for start, stop, q_ref in batches:
+                window.append([a.search.remote(q_ref, k) for a in self._actors])
+                if len(window) >= self.in_flight:
+                    break
+            if not window:
+                break
+            replies = self._gather(window.popleft(), "search")
             D, I, L = merge_topk(k, [[r[1] for r in replies], [r[2] for r in replies]], [r[3] for r in replies])
             for acc, part in zip(out, (D, I, L)):
                 acc.append(part)

@@ -16,7 +16,7 @@ from ._io import fsync_path, int_column, replace_durably, write_json_atomic
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
-from .spec import IndexSpec, apply_search_params, parse_spec
+from .spec import IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardReader
 from .vote import majority_vote
 
@@ -38,16 +38,27 @@ class HashIndex:
     >>> index = HashIndex(bits=64, spec="flat")
     >>> index.add(codes, labels=labels)          # doctest: +SKIP
     >>> D, I = index.search(queries, k=8)        # doctest: +SKIP
+
+    Codes whose width has no fast Faiss Hamming kernel (48, 80, 96 bits, ...) are stored
+    zero-padded to the next fast width (``faiss_bits``, see :func:`~hashindex.spec.padded_bits`;
+    ``pad=False`` turns this off). Callers still pass and get ``bits``-bit codes; zero bytes
+    change no Hamming distance. ``spec="auto"`` is resolved at the first :meth:`add`
+    (:mod:`hashindex.autotune`).
     """
 
     def __init__(self, bits: int = 64, spec: "str | IndexSpec" = "flat", class_names=None,
-                 metadata: dict | None = None, device: str = "cpu") -> None:
+                 metadata: dict | None = None, device: str = "cpu", pad: bool = True) -> None:
         self.bits = check_bits(bits)
         self.spec = parse_spec(spec)
         self.class_names: list[str] = list(class_names or [])
         #: Free-form JSON-able provenance saved with the index (e.g. source shards, encoder file).
         self.metadata: dict = dict(metadata or {})
-        self._index = self.spec.build(self.bits)
+        #: Width of the codes inside the Faiss index (``bits`` plus zero padding).
+        self.faiss_bits = padded_bits(self.bits) if pad else self.bits
+        if self.spec.kind == "MultiHash" and self.spec.args[0] * self.spec.args[1] > self.bits:
+            self.spec.build(self.bits)  # raises: the tables must fit the caller's width, not the padded one
+        self._auto_request = self.spec if self.spec.kind == "auto" else None
+        self._index = (IndexSpec("flat") if self._auto_request else self.spec).build(self.faiss_bits)
         #: Where kNN searches run: ``device`` is "cpu", "gpu" or "auto" (see :mod:`hashindex.gpu`).
         self._placement = DevicePlacement(device)
         self._labels = np.empty(0, dtype=np.int64)
@@ -85,8 +96,17 @@ class HashIndex:
 
     @property
     def faiss_index(self) -> faiss.IndexBinary:
-        """The underlying Faiss index (rows as ids)."""
+        """The underlying Faiss index (rows as ids, codes zero-padded to ``faiss_bits``)."""
         return self._index
+
+    def _faiss_codes(self, packed: np.ndarray) -> np.ndarray:
+        """Packed ``bits``-bit codes zero-padded to ``faiss_bits`` (already padded ones pass)."""
+        width = self.faiss_bits // 8
+        if packed.shape[1] == width:
+            return packed
+        out = np.zeros((len(packed), width), dtype=np.uint8)
+        out[:, : packed.shape[1]] = packed
+        return out
 
     @property
     def device(self) -> str:
@@ -121,7 +141,7 @@ class HashIndex:
         if len(packed) > limit:
             rows = np.random.default_rng(0).choice(len(packed), limit, replace=False)
             packed = packed[np.sort(rows)]
-        self._index.train(packed)
+        self._index.train(self._faiss_codes(packed))
 
     def add(self, codes, labels=None, features=None, ids=None) -> None:
         """Add codes with optional labels (int, ``-1`` = none), features ``(n, d)`` and ids.
@@ -136,14 +156,25 @@ class HashIndex:
         feats = self._check_new_features(features, n)
         if n == 0:
             return
-        if not self.is_trained:
-            self.train(packed)
-        self._index.add(packed)
+        if self._auto_request is not None:
+            self._resolve_auto(packed)
+        else:
+            if not self.is_trained:
+                self.train(packed)
+            self._index.add(self._faiss_codes(packed))
         self._labels = np.concatenate([self._labels, labels])
         self._ids_are_rows = self._ids_are_rows and bool(np.array_equal(ids, np.arange(len(self._ids), len(self._ids) + n)))
         self._ids = np.concatenate([self._ids, ids])
         if feats is not None:
             self._feature_chunks.append(feats)
+
+    def _resolve_auto(self, packed: np.ndarray) -> None:
+        """Replace the ``auto`` request by the index it picks for this first batch (which it holds)."""
+        from .autotune import build_auto
+
+        choice = build_auto(self._faiss_codes(packed), self.faiss_bits, self._auto_request.params)
+        self._index, self.spec, self._auto_request = choice.index, choice.spec, None
+        self.metadata["auto"] = choice.report
 
     def _new_ids(self, ids, n: int) -> np.ndarray:
         if ids is None:
@@ -174,6 +205,7 @@ class HashIndex:
             raise ValueError("this index was built without features; cannot add features now")
         if have is not None and feats.shape[1] != have:
             raise ValueError(f"features: expected dim {have}, got {feats.shape[1]}")
+        _check_real(feats, "features")
         if feats.dtype not in (np.float16, np.float32):
             feats = feats.astype(np.float32)
         if not np.all(np.isfinite(feats)):
@@ -200,10 +232,11 @@ class HashIndex:
 
     def _search_rows(self, packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming kNN returning Faiss rows (not ids); padding normalised to -1 / MISSING_DISTANCE."""
+        k = int(k)  # Faiss's SWIG wrapper rejects numpy integers
         if len(self) == 0 or len(packed) == 0:
             return (np.full((len(packed), k), MISSING_DISTANCE, dtype=np.int32),
                     np.full((len(packed), k), -1, dtype=np.int64))
-        D, rows = self._placement.search(self._index, packed, k)
+        D, rows = self._placement.search(self._index, self._faiss_codes(packed), k)
         D[rows < 0] = MISSING_DISTANCE
         return D, rows
 
@@ -237,7 +270,7 @@ class HashIndex:
         if len(self) == 0:
             return np.zeros(len(packed) + 1, dtype=np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
         # Faiss counts neighbours strictly below the threshold.
-        return self._index.range_search(packed, int(radius) + 1)
+        return self._index.range_search(self._faiss_codes(packed), int(radius) + 1)
 
     def search_rerank(self, codes, features, k: int = 8, candidates: int = 1000,
                       radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -253,11 +286,14 @@ class HashIndex:
 
     def _rerank_rows(self, packed, features, k, candidates, radius):
         stored = self.features
-        if stored is None:
+        if stored is None and len(self):
             raise ValueError("this index holds no features; add codes with features=... to use search_rerank")
+        dim = None if stored is None else stored.shape[1]
         q = np.asarray(features)
-        if q.ndim != 2 or q.shape != (len(packed), stored.shape[1]):
-            raise ValueError(f"query features: expected shape ({len(packed)}, {stored.shape[1]}), got {q.shape}")
+        if q.ndim != 2 or q.shape[0] != len(packed) or (dim is not None and q.shape[1] != dim):
+            raise ValueError(f"query features: expected shape ({len(packed)}, {'d' if dim is None else dim}), "
+                             f"got {q.shape}")
+        _check_real(q, "query features")
         if not np.all(np.isfinite(q)):
             raise ValueError("query features contain NaN or infinite values")
         if radius is not None:
@@ -266,6 +302,8 @@ class HashIndex:
             if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates <= 0:
                 raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
             pool = self._search_rows(packed, int(candidates))[1]
+        if stored is None:  # an empty index: nothing to rerank, every slot is padding
+            return np.full((len(packed), k), np.inf, np.float32), np.full((len(packed), k), -1, np.int64)
         return rerank_euclidean(q, stored, pool, k)
 
     def vote(self, codes, k: int = 8, features=None, candidates: int = 1000,
@@ -315,6 +353,7 @@ class HashIndex:
             if self.features is not None:
                 f.create_dataset("features", data=self.features)
         meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
+                "faiss_bits": self.faiss_bits,
                 "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,
                 "metadata": self.metadata}
         write_json_atomic(target / "meta.json", meta)
@@ -327,6 +366,8 @@ class HashIndex:
         for old in directory.glob("v-*"):
             if old.name != version:
                 shutil.rmtree(old, ignore_errors=True)
+        for stale in directory.glob(f"{_CURRENT}.v-*.tmp"):  # pointers of saves that died before the swap
+            stale.unlink(missing_ok=True)
         return target
 
     @classmethod
@@ -349,7 +390,12 @@ class HashIndex:
         index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"),
                     metadata=meta.get("metadata"), device=device)
         index._index = faiss.read_index_binary(str(target / "index.faiss"))
-        apply_search_params(index._index, index.spec.kind, index.spec.params)
+        index.faiss_bits = int(index._index.d)
+        if index.faiss_bits != meta.get("faiss_bits", meta["bits"]):
+            raise ValueError(f"{target}: index file holds {index.faiss_bits}-bit codes, metadata says "
+                             f"{meta.get('faiss_bits', meta['bits'])}")
+        if index._auto_request is None:
+            apply_search_params(index._index, index.spec.kind, index.spec.params)
         with h5py.File(target / "data.h5", "r") as f:
             index._labels = f["labels"][()]
             index._ids = f["ids"][()]
@@ -359,6 +405,11 @@ class HashIndex:
         if not (len(index._labels) == len(index._ids) == len(index) == meta["ntotal"]):
             raise ValueError(f"{target}: index and data files disagree on the number of codes")
         return index
+
+
+def _check_real(values: np.ndarray, name: str) -> None:
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers, got dtype {values.dtype}")
 
 
 def _pad_ranges(lims: np.ndarray, D: np.ndarray, rows: np.ndarray) -> np.ndarray:

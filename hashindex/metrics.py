@@ -126,7 +126,8 @@ def hamming_radius_counts(query_codes, query_labels, database_codes, database_la
         flat = (rows + dist).ravel()
         size = len(rows) * nbins
         total[batch] = np.bincount(flat, minlength=size).reshape(-1, nbins)
-        rel = (database_labels[None, :] == query_labels[batch, None]).ravel()
+        # Relevant as in _relevance: same label, and labelled (-1 matches nothing).
+        rel = ((database_labels[None, :] == query_labels[batch, None]) & (database_labels[None, :] >= 0)).ravel()
         relevant[batch] = np.bincount(flat, weights=rel, minlength=size).reshape(-1, nbins).astype(np.int64)
     return total, relevant
 

@@ -18,7 +18,9 @@ import torch
 from encoders import create_encoder, load_encoder, save_encoder
 from encoders.data import list_images
 from encoders.encode import EncodeReport, encode_folder
+from encoders.feature_hashing import is_feature_method
 from encoders.training import TrainConfig, train_model
+from encoders.unsupervised import fit_feature_encoder
 
 from .index import HashIndex
 
@@ -38,8 +40,13 @@ def train_encoder(
     encoder_kwargs: dict | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train ``method`` on the labelled images of ``image_dir`` and save it to ``out`` (a file)."""
+    """Train ``method`` on ``image_dir`` and save it to ``out`` (a file). Supervised methods
+    need class sub-folders; unsupervised ones (``encoders.feature_hashing.feature_methods()``)
+    take any image folder, never read labels, and are fitted on ``backbone`` features."""
     config = config or TrainConfig()
+    if is_feature_method(method):
+        return fit_feature_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
+                                   encoder_kwargs=encoder_kwargs, progress=progress)
     images = list_images(image_dir, supervised=True)
     if len(images.classes) < 2:
         raise ValueError(f"{image_dir}: a supervised method needs at least 2 class sub-folders, found {len(images.classes)}")

@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .distributed import NAMESPACE, ShardedHashIndex, ShardUnavailableError, require_ray
 from .gpu import DEVICES
+
+if TYPE_CHECKING:
+    from .distributed import ShardedHashIndex
+
+# hashindex.distributed imports Ray (seconds); it is imported only when a command runs, so
+# that `hashindex --help` and the other commands stay fast.
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, **init_kwargs) -> str:
@@ -35,6 +41,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
     cluster; ``None`` starts a local Ray instance on 127.0.0.1 without the dashboard. Does
     nothing if Ray is already initialised in this process.
     """
+    from .distributed import NAMESPACE, require_ray
+
     ray = require_ray()
     if not ray.is_initialized():
         if address:
@@ -46,12 +54,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
 
 
 def serve(shards_dir, *, name: str = "hashindex", address: str | None = None, detached: bool | None = None,
-          num_cpus: int | None = None, **index_kwargs) -> ShardedHashIndex:
+          num_cpus: int | None = None, **index_kwargs) -> "ShardedHashIndex":
     """Connect (see :func:`connect`) and start named actors over ``shards_dir``.
 
     Actors are detached when joining a cluster (they outlive this driver), attached to this
     process on a local instance. ``index_kwargs`` go to :meth:`ShardedHashIndex.from_shards`.
     """
+    from .distributed import ShardedHashIndex, ShardUnavailableError
+
     connect(address, num_cpus=num_cpus)
     try:
         ShardedHashIndex.attach(name)
@@ -67,6 +77,8 @@ def serve(shards_dir, *, name: str = "hashindex", address: str | None = None, de
 
 def stop(name: str = "hashindex", address: str | None = None) -> int:
     """Kill the actors served under ``name``; returns how many there were."""
+    from .distributed import ShardedHashIndex
+
     connect(address)
     index = ShardedHashIndex.attach(name)
     count = len(index.groups)
@@ -94,21 +106,28 @@ def stop(name: str = "hashindex", address: str | None = None) -> int:
 def serve_command(shards, address, name, num_actors, shards_per_actor, spec, device, cpus_per_actor,
                   gpus_per_actor, num_cpus, no_features, stop_):
     """Serve the shard store SHARDS from Ray actors (see `hashindex.serve`)."""
-    if stop_:
-        click.echo(f"stopped {stop(name, address)} actor(s) named {name}.*")
-        return
-    if shards is None:
+    from .distributed import ShardUnavailableError
+    from .store import ShardError
+
+    if shards is None and not stop_:
         raise click.UsageError("give the SHARDS directory to serve (or --stop)")
     if num_actors is not None and shards_per_actor is not None:
         raise click.UsageError("give --actors or --shards-per-actor, not both")
-    index = serve(shards, name=name, address=address, num_cpus=num_cpus, num_actors=num_actors,
-                  shards_per_actor=shards_per_actor, spec=spec, device=device, cpus_per_actor=cpus_per_actor,
-                  gpus_per_actor=gpus_per_actor, features=not no_features)
+    try:
+        if stop_:
+            click.echo(f"stopped {stop(name, address)} actor(s) named {name}.*")
+            return
+        index = serve(shards, name=name, address=address, num_cpus=num_cpus, num_actors=num_actors,
+                      shards_per_actor=shards_per_actor, spec=spec, device=device, cpus_per_actor=cpus_per_actor,
+                      gpus_per_actor=gpus_per_actor, features=not no_features)
+    except (ShardUnavailableError, ShardError, ValueError, ConnectionError) as exc:
+        raise click.ClickException(str(exc)) from exc
     gcs = connect(address)
     click.echo(f"serving {len(index)} codes from {shards} on {len(index.groups)} actor(s) named {name}.*")
     click.echo(f"clients: hashindex.serve.connect({gcs!r}); ShardedHashIndex.attach({name!r})")
     if address is None:
-        click.echo("local Ray instance: serving until Ctrl-C")
+        click.echo("local Ray instance: serving until Ctrl-C (it uses Ray token auth: run clients with "
+                   "RAY_AUTH_MODE=token; the token is in ~/.ray/auth_token)")
         try:
             while True:
                 time.sleep(3600)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -32,6 +33,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "part-{:05d}.h5"
 FIELDS = ("codes", "labels", "ids", "features", "paths")
+# HDF5 >= 1.10 object headers and superblock carry checksums; fletcher32 checksums every data
+# chunk; the UTF-8 paths (kept in an unchecksummed global heap) get a CRC-32 attribute. A
+# damaged shard then fails to read (ShardError) instead of returning altered records.
+_LIBVER = "v110"
+_CHECKSUM = {"fletcher32": True}
+_PATHS_CRC = "paths_crc32"
 
 
 class ShardError(ValueError):
@@ -70,7 +77,8 @@ class StoreInfo:
 
     @property
     def next_id(self) -> int:
-        return max((s["first_id"] + s["count"] for s in self.shards), default=0)
+        # last_id, not first_id + count: ids may have gaps (skipped images) inside a shard.
+        return max((s.get("last_id", s["first_id"] + s["count"] - 1) + 1 for s in self.shards), default=0)
 
     def to_json(self) -> dict:
         return {
@@ -210,7 +218,8 @@ class ShardWriter:
         for path in sorted(self.directory.glob("part-*.h5")):
             if path.name not in listed:
                 attrs = read_shard_attrs(path, bits=found.bits)
-                found.shards.append({"file": path.name, "count": attrs["count"], "first_id": attrs["first_id"]})
+                found.shards.append({"file": path.name, "count": attrs["count"], "first_id": attrs["first_id"],
+                                     "last_id": attrs["last_id"]})
         write_json_atomic(self.directory / MANIFEST, found.to_json())
         return found
 
@@ -249,6 +258,8 @@ class ShardWriter:
             feats = np.asarray(features)
             if feats.shape != (n, self.info.feature_dim):
                 raise ValueError(f"features: expected shape ({n}, {self.info.feature_dim}), got {feats.shape}")
+            if feats.dtype.kind not in "biuf":
+                raise ValueError(f"features: expected real numbers, got dtype {feats.dtype}")
             if not np.all(np.isfinite(feats)):
                 raise ValueError("features contain NaN or infinite values")
             batch["features"] = feats.astype(self.info.feature_dtype, copy=False)
@@ -263,21 +274,22 @@ class ShardWriter:
         index = len(self.info.shards)
         final = self.directory / SHARD_PATTERN.format(index)
         self._tmp_path = final.with_name(final.name + TMP_SUFFIX)
-        f = h5py.File(self._tmp_path, "w")
+        f = h5py.File(self._tmp_path, "w", libver=_LIBVER)
         nbytes = self.bits // 8
         chunk = min(self.shard_size, 65536)
-        f.create_dataset("codes", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8, chunks=(chunk, nbytes))
-        f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk,))
-        f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk,))
+        f.create_dataset("codes", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8, chunks=(chunk, nbytes),
+                         **_CHECKSUM)
+        f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk,), **_CHECKSUM)
+        f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk,), **_CHECKSUM)
         if self.info.feature_dim is not None:
             d = self.info.feature_dim
             f.create_dataset(
                 "features", shape=(0, d), maxshape=(None, d), dtype=self.info.feature_dtype,
-                chunks=(max(1, min(chunk, (1 << 20) // (2 * d))), d),
+                chunks=(max(1, min(chunk, (1 << 20) // (2 * d))), d), **_CHECKSUM,
             )
         f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "bits": self.bits,
                         "first_id": first_id, "count": 0, "complete": False})
-        self._file, self._count, self._first_id = f, 0, first_id
+        self._file, self._count, self._first_id, self._paths_crc = f, 0, first_id, 0
 
     def _append(self, part: dict) -> None:
         f, n = self._file, len(part["codes"])
@@ -286,10 +298,12 @@ class ShardWriter:
                 if self._count:
                     raise ValueError("paths must be given for every batch of a shard or for none")
                 f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                                 chunks=(4096,))
+                                 chunks=(4096,))  # HDF5 filters refuse variable-length strings
             ds = f[name]
             ds.resize(self._count + n, axis=0)
             ds[self._count :] = values
+            if name == "paths":
+                self._paths_crc = _paths_crc32(values, self._paths_crc)
         if "paths" in f and "paths" not in part:
             raise ValueError("paths must be given for every batch of a shard or for none")
         self._count += n
@@ -298,11 +312,15 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         f, tmp = self._file, self._tmp_path
         f.attrs["count"] = self._count
+        if "paths" in f:
+            f.attrs[_PATHS_CRC] = self._paths_crc
+        f.attrs["last_id"] = self._next_id - 1
         f.attrs["complete"] = True
         f.close()
         final = tmp.with_name(tmp.name[: -len(TMP_SUFFIX)])
         replace_durably(tmp, final)
-        self.info.shards.append({"file": final.name, "count": self._count, "first_id": self._first_id})
+        self.info.shards.append({"file": final.name, "count": self._count, "first_id": self._first_id,
+                                 "last_id": self._next_id - 1})
         write_json_atomic(self.directory / MANIFEST, self.info.to_json())
         self._file, self._tmp_path, self._count = None, None, 0
 
@@ -343,14 +361,16 @@ def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
             shapes = {name: f[name].shape for name in FIELDS if name in f}
     except ShardError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise ShardError(f"{path}: unreadable shard (truncated or corrupt HDF5 file: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError, ... on a damaged file
+        raise _corrupt(path, exc) from exc
     if shapes["codes"] != (count, shard_bits // 8):
         raise ShardError(f"{path}: codes have shape {shapes['codes']}, expected ({count}, {shard_bits // 8})")
     for name, shape in shapes.items():
         if shape[0] != count:
             raise ShardError(f"{path}: dataset {name} has {shape[0]} rows, expected {count}")
-    return {"count": count, "first_id": int(attrs["first_id"]), "bits": shard_bits, "fields": list(shapes)}
+    return {"count": count, "first_id": int(attrs["first_id"]),
+            "last_id": int(attrs.get("last_id", int(attrs["first_id"]) + count - 1)),
+            "bits": shard_bits, "fields": list(shapes)}
 
 
 class ShardReader:
@@ -414,11 +434,13 @@ class ShardReader:
         try:
             with h5py.File(path, "r") as f:
                 data = {name: f[name][()] for name in fields if name in f}
-        except OSError as exc:
-            raise ShardError(f"{path}: unreadable shard ({exc})") from exc
+                if "paths" in data:
+                    data["paths"] = _decode_paths(data["paths"], f.attrs.get(_PATHS_CRC), path)
+        except ShardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
+            raise _corrupt(path, exc) from exc
         paths = data.pop("paths", None)
-        if paths is not None:
-            paths = _decode_paths(paths)
         return Shard(path=path, paths=paths, **{k: data.get(k) for k in ("codes", "labels", "ids", "features")})
 
     def read(self, fields: Sequence[str] = ("codes", "labels", "ids", "features"), progress: bool = False) -> dict:
@@ -447,27 +469,53 @@ class ShardReader:
             try:
                 with h5py.File(path, "r") as f:
                     count = int(f.attrs["count"])
+                    if count != len(f["codes"]):
+                        raise ShardError(f"{path}: holds {len(f['codes'])} records, expected {count}")
                     for name, arr in out.items():
                         if name == "paths":
-                            arr.extend(_decode_paths(f["paths"][()]) if "paths" in f else [""] * count)
+                            arr.extend(_decode_paths(f["paths"][()], f.attrs.get(_PATHS_CRC), path)
+                                       if "paths" in f else [""] * count)
                         else:
                             f[name].read_direct(arr, dest_sel=np.s_[offset : offset + count])
-            except OSError as exc:
-                raise ShardError(f"{path}: unreadable shard ({exc})") from exc
+            except ShardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
+                raise _corrupt(path, exc) from exc
             offset += count
         if "ids" in out:
-            _check_unique_ids(out["ids"], self.directory)
+            _check_unique_ids(out["ids"], self.shard_paths, [s["count"] for s in self.info.shards])
         return out
 
 
-def _decode_paths(values) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+def _corrupt(path: Path, exc: BaseException) -> ShardError:
+    return ShardError(f"{path}: unreadable shard (truncated or corrupt HDF5 file: {type(exc).__name__}: {exc})")
 
 
-def _check_unique_ids(ids: np.ndarray, where: Path) -> None:
+def _paths_crc32(paths, crc: int = 0) -> int:
+    for p in paths:
+        crc = zlib.crc32(p.encode("utf-8") + b"\0", crc)
+    return crc
+
+
+def _decode_paths(values, crc, path: Path) -> list[str]:
+    """Decode stored paths; check them against the shard's CRC-32 when it has one."""
+    decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    if crc is not None and _paths_crc32(decoded) != int(crc):
+        raise ShardError(f"{path}: paths fail their CRC-32 check (corrupt shard)")
+    return decoded
+
+
+def _check_unique_ids(ids: np.ndarray, shard_paths: list[Path], counts: list[int]) -> None:
+    """Raise ``ShardError`` naming the shard files that share an id."""
     if len(ids) < 2 or np.all(ids[1:] > ids[:-1]):
         return
-    values, counts = np.unique(ids, return_counts=True)
-    dup = values[counts > 1]
-    if len(dup):
-        raise ShardError(f"{where}: duplicate ids across shards, e.g. {dup[:5].tolist()}")
+    values, counts_of = np.unique(ids, return_counts=True)
+    if not (counts_of > 1).any():
+        return
+    dup = values[counts_of > 1]
+    ends = np.cumsum(counts)
+    files = sorted({shard_paths[int(np.searchsorted(ends, r, side="right"))].name
+                    for r in np.flatnonzero(ids == dup[0])})
+    where = "across shards " + " and ".join(files) if len(files) > 1 else f"within shard {files[0]}"
+    raise ShardError(f"{shard_paths[0].parent}: duplicate ids {where} (e.g. id {int(dup[0])}; "
+                     f"{len(dup)} duplicated in all: {dup[:5].tolist()})")

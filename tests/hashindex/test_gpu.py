@@ -11,8 +11,7 @@ import pytest
 from hashindex import HashIndex
 from hashindex import gpu as gpu_mod
 from hashindex.gpu import DevicePlacement, GpuFallbackWarning, gpu_unavailable_reason, query_batch_size, resolve_device
-from hashindex.testing import assert_same_knn, brute_force_knn
-from tests.conftest import tie_heavy_codes
+from hashindex.testing import assert_same_knn, brute_force_knn, tie_heavy_codes
 
 
 class _ForbiddenGpuIndex:

@@ -174,3 +174,16 @@ def test_index_from_shards(tmp_path, rng):
     assert (D[:, 0] == 0).all()
     bare = HashIndex.from_shards(tmp_path / "s", features=False, progress=False)
     assert bare.features is None
+
+
+def test_resume_after_ids_with_gaps_continues_after_the_last_id(tmp_path):
+    # Skipped images leave gaps: a shard holding ids 0, 2, 4 ends at 4, not at first_id + count.
+    with ShardWriter(tmp_path / "s", 8, shard_size=3) as writer:
+        writer.add(np.zeros((3, 1), np.uint8), ids=[0, 2, 4])
+    writer = ShardWriter(tmp_path / "s", 8, shard_size=3, resume=True)
+    assert writer.info.next_id == 5
+    with pytest.raises(ValueError, match=">= 5"):
+        writer.add(np.zeros((1, 1), np.uint8), ids=[4])
+    writer.add(np.zeros((1, 1), np.uint8), ids=[5])
+    writer.close()
+    np.testing.assert_array_equal(ShardReader(tmp_path / "s").read(["ids"])["ids"], [0, 2, 4, 5])

@@ -1,0 +1,167 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from encoders import create_encoder, load_encoder
+from encoders.bilinear import paper_schedule
+from encoders.data import list_images
+from encoders.encode import encode_folder
+from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model, train_transform
+from hashindex.pipeline import train_encoder
+from hashindex.store import ShardReader
+
+TINY = dict(backbone="small_cnn", width=4, feature_dim=12, input_size=16)
+
+
+def _model(method, **extra):
+    torch.manual_seed(0)
+    return create_encoder(method, bits=16, num_classes=4, **TINY, **extra)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(epoch):
+    def hook(done, record):
+        if done == epoch:
+            raise Interrupted
+    return hook
+
+
+def _assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+#: (method, extra encoder kwargs, config kwargs, epoch to interrupt after)
+RESUME_CASES = {
+    "dlbhc-adam": ("dlbhc", {}, dict(epochs=3, optimizer="adam", lr=1e-3), 1),
+    # Random shifts too: the augmentation draws from the per-epoch seed, so a resume replays it.
+    "hashnet-sgd-cosine-augmented": ("hashnet", {"step_size": 3}, dict(epochs=3, optimizer="sgd", lr=0.05,
+                                                                       lr_schedule="cosine", augment="shift"), 2),
+    # Interrupted inside the second stage: its momentum buffers must come back from the checkpoint.
+    "bilinear-stages-mid-stage": ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 32}, dict(stages=[
+        Stage(1, train=("classifier",), lr=0.5, optimizer="sgd", loss="classification"),
+        Stage(2, train=("backbone", "classifier"), lr=0.05, lr_end=0.005, lr_schedule="exponential",
+              optimizer="sgd", loss="classification"),
+        Stage(1, train=("hash",), lr=0.5, optimizer="sgd", loss="hashnet")]), 2),
+    # Interrupted exactly at a stage boundary: the next stage starts a fresh optimiser.
+    "bilinear-paper-boundary": ("bilinear_hashnet", {"pooling": "full"},
+                                dict(stages=paper_schedule(3, fine_tune_lr=(0.01, 0.001))), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_gives_the_weights_of_an_uninterrupted_run(case, digits_folder, tmp_path):
+    method, extra, config_kwargs, stop = RESUME_CASES[case]
+    images = list_images(digits_folder)
+    base = dict(batch_size=32, seed=3, **config_kwargs)
+
+    straight = _model(method, **extra)
+    history = train_model(straight, images, TrainConfig(**base), progress=False)
+
+    resumed = _model(method, **extra)
+    config = TrainConfig(**base, checkpoint_dir=str(tmp_path / "ckpt"), resume=True)
+    with pytest.raises(Interrupted):
+        train_model(resumed, images, config, progress=False, on_epoch_end=_interrupt_after(stop))
+    fresh = _model(method, **extra)  # a new process: the model is rebuilt, the checkpoint restores it
+    resumed_history = train_model(fresh, images, config, progress=False)
+
+    _assert_same_state(fresh, straight)
+    assert resumed_history == history
+    assert len(history) == sum(s.epochs for s in resolve_stages(straight, TrainConfig(**base)))
+
+
+def test_frozen_parts_do_not_change_and_trainable_ones_do(digits_folder):
+    model = _model("bilinear_hashnet", pooling="compact", sketch_dim=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(batch_size=32, stages=[Stage(1, train=("classifier",), lr=0.5, optimizer="sgd",
+                                                      loss="classification")])
+    train_model(model, list_images(digits_folder), config, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Only the classifier moved; the trunk's weights and batch-norm statistics stayed put.
+    assert changed == {"classifier.weight", "classifier.bias"}
+    assert all(p.requires_grad for p in model.parameters())  # restored after training
+
+
+def test_hashnet_beta_follows_the_stage_step(digits_folder):
+    model = _model("hashnet", step_size=2, gamma=1.0)
+    # 120 images, batch 32: 4 steps per epoch, 2 epochs -> last step 7 -> t = 6.
+    history = train_model(model, list_images(digits_folder), TrainConfig(epochs=2, batch_size=32), progress=False)
+    assert model.beta == pytest.approx(math.sqrt(1 + 6))
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(set(h) >= {"similarity", "loss", "lr", "stage"} for h in history)
+
+
+def test_learning_rate_schedules():
+    constant = Stage(1, lr=0.1, lr_end=0.001, lr_schedule="constant")
+    assert learning_rate(constant, 5, 10) == 0.1
+    cosine = Stage(1, lr=0.1, lr_end=0.001, lr_schedule="cosine")
+    assert learning_rate(cosine, 0, 11) == pytest.approx(0.1)
+    assert learning_rate(cosine, 5, 11) == pytest.approx((0.1 + 0.001) / 2)
+    assert learning_rate(cosine, 10, 11) == pytest.approx(0.001)
+    exponential = Stage(1, lr=1e-4, lr_end=1e-5, lr_schedule="exponential")
+    assert learning_rate(exponential, 0, 11) == pytest.approx(1e-4)
+    assert learning_rate(exponential, 5, 11) == pytest.approx(1e-4 * 0.1 ** 0.5)
+    assert learning_rate(exponential, 10, 11) == pytest.approx(1e-5)
+
+
+def test_resolve_stages_fills_defaults_and_uses_the_model_schedule():
+    model = _model("bilinear_hashnet")
+    stages = resolve_stages(model, TrainConfig(epochs=10))
+    assert [s.name for s in stages] == ["last_layer", "fine_tune", "hash"]
+    assert [s.epochs for s in stages] == [2, 4, 4]
+    assert [(s.lr, s.weight_decay, s.optimizer, s.loss) for s in stages] == [
+        (1.0, 5e-6, "sgd", "classification"), (1e-4, 5e-4, "sgd", "classification"), (1.0, 5e-6, "sgd", "hashnet")]
+    assert stages[1].lr_end == 1e-5 and stages[1].train == ("backbone", "classifier")
+    single = resolve_stages(_model("dlbhc"), TrainConfig(epochs=4, lr=0.01, lr_schedule="cosine"))
+    assert len(single) == 1 and single[0].epochs == 4 and single[0].lr_end == pytest.approx(1e-4)
+    # Stages given as dicts (e.g. read from JSON) are accepted.
+    config = TrainConfig(stages=[{"epochs": 2, "train": ["hash"], "loss": "hashnet"}])
+    assert resolve_stages(model, config)[0].train == ["hash"]
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        resolve_stages(model, TrainConfig(lr_schedule="linear"))
+
+
+def test_unknown_part_is_a_clear_error(digits_folder):
+    config = TrainConfig(stages=[Stage(1, train=("decoder",))])
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['decoder'\]; model parts: backbone, hash"):
+        train_model(_model("hashnet"), list_images(digits_folder), config, progress=False)
+
+
+@pytest.mark.parametrize("method,extra", [("dlbhc", {}), ("hashnet", {}),
+                                          ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 64})])
+def test_train_encoder_then_encode_for_every_supervised_method(method, extra, digits_folder, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=32)
+    path = train_encoder(digits_folder, tmp_path / "model.pt", method=method, backbone="small_cnn", bits=24,
+                         config=config, encoder_kwargs={k: v for k, v in {**TINY, **extra}.items()
+                                                        if k != "backbone"}, progress=False)
+    model = load_encoder(path, method=method, bits=24)
+    assert model.class_names == ["0", "1", "2", "3"]
+    encode_folder(model, digits_folder, tmp_path / "shards", progress=False)
+    data = ShardReader(tmp_path / "shards").read(("codes", "labels", "features"))
+    assert data["codes"].shape == (120, 3) and data["features"].shape == (120, model.feature_dim)
+    np.testing.assert_array_equal(np.bincount(data["labels"]), [30, 30, 30, 30])
+
+
+def test_shift_augmentation_keeps_size_and_scale():
+    from PIL import Image
+
+    cfg = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    image = Image.fromarray((np.arange(24 * 24, dtype=np.uint8).reshape(24, 24) % 251))
+    plain = train_transform(cfg)(image.convert("RGB"))
+    torch.manual_seed(0)
+    shifted = [train_transform(cfg, "shift")(image.convert("RGB")) for _ in range(8)]
+    assert all(x.shape == plain.shape == (3, 16, 16) for x in shifted)
+    assert any(not torch.equal(x, plain) for x in shifted)  # moved by up to 2 px
+    torch.manual_seed(0)
+    again = [train_transform(cfg, "shift")(image.convert("RGB")) for _ in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(shifted, again))  # seeded by torch's RNG
+    with pytest.raises(ValueError, match="unknown augment 'rotate'"):
+        train_transform(cfg, "rotate")
