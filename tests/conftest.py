@@ -25,3 +25,12 @@ def digits_folder(tmp_path_factory, digits):
     images, labels = digits
     rows = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(4)])
     return write_image_folder(images[rows], labels[rows], tmp_path_factory.mktemp("digits") / "images")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance on 127.0.0.1 with 2 CPUs, stopped when the module's tests end."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    yield
+    ray.shutdown()

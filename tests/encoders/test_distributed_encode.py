@@ -25,13 +25,6 @@ RUN = dict(batch_size=8, shard_size=16, progress=False, cpus_per_worker=1)
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory, digits):
     """160 digit images in 4 class folders and 2 unreadable files (ids 40 and 161)."""
     images, labels = digits

@@ -30,13 +30,6 @@ ACTOR = dict(cpus_per_actor=0.25, timeout_s=120)
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """2400 clustered 32-bit codes (many Hamming ties) with labels, float16 features and ids
     with gaps, in 8 shards of 300."""
