@@ -65,7 +65,6 @@ class HashIndex:
         self._ids = np.empty(0, dtype=np.int64)
         self._ids_are_rows = True
         self._feature_chunks: list[np.ndarray] = []
-        self._features: np.ndarray | None = None
 
     # ------------------------------------------------------------------ state
     def __len__(self) -> int:
