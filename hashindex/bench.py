@@ -27,7 +27,6 @@ massively, so id overlap with the exact result would understate correct answers.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -42,6 +41,7 @@ import click
 import faiss
 import numpy as np
 
+from .autotune import choose_nlist
 from .codes import MISSING_DISTANCE
 from .datasets import synthetic_codes
 from .index import HashIndex
@@ -368,12 +368,6 @@ def _hashindex_bytes(index: HashIndex) -> int:
     return _faiss_bytes(index.faiss_index) + int(extra)
 
 
-def _ivf_nlist(n: int) -> int:
-    from .autotune import choose_nlist
-
-    return choose_nlist(n)
-
-
 # ---------------------------------------------------------------------------- sections
 def _bench_kinds(ctx: _Context, log, features: np.ndarray | None = None) -> tuple[list[dict], dict]:
     """Flat, IVF, HNSW, MultiHash, auto, numpy and usearch on one (size, data) database.
@@ -423,7 +417,7 @@ def _bench_exact(ctx: _Context, add_rows, log) -> None:
 def _bench_ivf(ctx: _Context, add_rows, log, features: np.ndarray | None) -> HashIndex:
     """IVF with nlist ~ sqrt(n), trained on ``train_per_list`` codes per list; nprobe sweep."""
     cfg, db = ctx.cfg, ctx.database
-    nlist = _ivf_nlist(ctx.size)
+    nlist = choose_nlist(ctx.size)
     ivf = HashIndex(ctx.bits, f"IVF{nlist}")
     rng = np.random.default_rng(cfg.seed)
     train_rows = np.sort(rng.choice(ctx.size, size=min(ctx.size, cfg.train_per_list * nlist), replace=False))
@@ -655,8 +649,8 @@ def run_latency_benchmark(config: BenchConfig | None = None, out_dir: str | os.P
     largest = cfg.sizes[-1]
     for size in cfg.sizes:
         for data in cfg.data:
-            stamp(f"{size:,} {data} {cfg.bits}-bit codes")
             codes, gen_s = _timed(lambda: synthetic_codes(size, cfg.queries, cfg.bits, data, seed=cfg.seed))
+            stamp(f"{size:,} {data} {cfg.bits}-bit codes (generated in {gen_s:.1f} s)")
             result["generators"][data] = codes.generator
             ctx = _Context(cfg, size, data, cfg.bits, codes.database, codes.queries, ks=cfg.ks)
             rerank_here = cfg.rerank and size == largest and data == ("clustered" if "clustered" in cfg.data
@@ -1132,13 +1126,16 @@ def bench_command(sizes, bits, widths, data, ks, queries, budget, hnsw_max_size,
     if from_json:
         result = render_results(from_json, out, name)
     else:
-        if threads:
-            faiss.omp_set_num_threads(threads)
         cfg = BenchConfig(sizes=_int_list(sizes), bits=bits, widths=_int_list(widths), data=tuple(data.split(",")),
                           ks=_int_list(ks), batch=queries, queries=queries, budget_s=budget,
                           hnsw_max_size=_int_list(hnsw_max_size)[0], hnsw_data=tuple(hnsw_data.split(",")),
                           feature_dim=feature_dim, usearch=usearch, rerank=rerank, shards=shards, seed=seed)
-        result = run_latency_benchmark(cfg, out_dir=out, name=name, log=lambda m: click.echo(m, err=True))
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads or previous)
+        try:
+            result = run_latency_benchmark(cfg, out_dir=out, name=name, log=lambda m: click.echo(m, err=True))
+        finally:
+            faiss.omp_set_num_threads(previous)
     for t in result["targets"]:
         status = "—" if t["met"] is None else ("met" if t["met"] else f"MISSED ({t['missed_by']})")
         click.echo(f"{t['name']}: ratio {_fmt(t['ratio'])} [{t['goal']}] {status}")

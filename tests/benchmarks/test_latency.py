@@ -21,7 +21,13 @@ def run(tmp_path_factory):
     cfg = BenchConfig(sizes=(SIZE,), widths=(48, 64), ks=(8, 1000), queries=60, batch=60, budget_s=0.02,
                       max_single_queries=10, nprobes=(1, 4, 128), ef_searches=(16, 64), hnsw_max_size=SIZE,
                       nflips=(0, 1), feature_dim=16, shard_size=5000)
-    result = run_latency_benchmark(cfg, out_dir=out, name="smoke", log=lambda m: None)
+    # One thread: on a busy machine two OpenMP threads stall at every parallel region.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        result = run_latency_benchmark(cfg, out_dir=out, name="smoke", log=lambda m: None)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return result, out
 
 
@@ -153,13 +159,15 @@ def test_numpy_baseline_is_exact(rng):
 
 
 def test_cli_runs_a_minimal_benchmark(tmp_path):
+    threads_before = faiss.omp_get_max_threads()
     result = CliRunner().invoke(bench_command, [
         "--sizes", "3e3", "--data", "uniform", "--ks", "8", "--queries", "20", "--budget", "0.01",
-        "--widths", "", "--hnsw-max-size", "0", "--no-usearch", "--no-rerank", "--no-shards",
+        "--widths", "", "--hnsw-max-size", "0", "--no-usearch", "--no-rerank", "--no-shards", "--threads", "1",
         "--out", str(tmp_path), "--name", "cli"])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "cli.json").read_text())
     assert saved["config"]["sizes"] == [3000] and saved["rows"]
+    assert saved["environment"]["faiss_threads"] == 1 and faiss.omp_get_max_threads() == threads_before
     assert "hashindex flat vs raw Faiss flat" in result.output
 
 

@@ -95,6 +95,17 @@ def clustered():
     return synthetic_codes(12_000, 200, 64, "clustered", n_clusters=50, flip_probability=0.12, seed=7)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """IVF builds on a busy 2-core machine stall at every OpenMP region with two threads."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def small_ivf_threshold(request, monkeypatch):
     """Let IVF be chosen from 10k codes so the tests stay small (the real threshold is 50k)."""
