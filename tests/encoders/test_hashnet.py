@@ -61,7 +61,7 @@ def test_loss_decreases_on_a_tiny_batch():
     for step in range(40):
         model.on_train_step(step)
         terms = loss(model(x), y)
-        values.append(float(terms["loss"]))
+        values.append(terms["loss"].item())
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
