@@ -20,6 +20,22 @@ def digits():
 
 
 @pytest.fixture(scope="session")
+def write_unlabelled_digits():
+    """Factory: ``write(root, n)`` puts ``n`` digit images (28 px) directly in ``root``,
+    with no class sub-folders and no labels, and returns ``root``."""
+    from PIL import Image
+
+    def write(root, n: int):
+        images, _ = load_digits_images(size=28)
+        root.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(images[i]).save(root / f"img{i:04d}.png")
+        return root
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory, digits):
     """A small class-per-sub-folder image tree: 30 digits of each of classes 0-3."""
     images, labels = digits

@@ -4,9 +4,9 @@ and the image-folder route through the pipeline and the CLI with no labels."""
 
 import numpy as np
 import pytest
+
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from encoders import create_encoder, list_encoders, load_encoder, save_encoder
 from encoders.classical import CLASSICAL_METHODS
@@ -176,14 +176,9 @@ def test_errors_name_the_problem(digits16):
 
 
 @pytest.fixture(scope="module")
-def flat_folder(tmp_path_factory):
-    """120 digit images (28 px) directly in one folder: no class sub-folders, no labels."""
-    images, _ = load_digits_images(size=28)
-    root = tmp_path_factory.mktemp("unlabelled") / "images"
-    root.mkdir()
-    for i in range(120):
-        Image.fromarray(images[i]).save(root / f"img{i:04d}.png")
-    return root
+def flat_folder(tmp_path_factory, write_unlabelled_digits):
+    """120 digit images directly in one folder: no class sub-folders, no labels."""
+    return write_unlabelled_digits(tmp_path_factory.mktemp("unlabelled") / "images", 120)
 
 
 @pytest.mark.parametrize("method", CLASSICAL_METHODS)

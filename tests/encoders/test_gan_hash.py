@@ -4,9 +4,9 @@ GAN > LSH, and the label-free image-folder route through the pipeline and the CL
 
 import numpy as np
 import pytest
+
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from torch import nn
 
 from encoders import create_encoder, load_encoder, save_encoder
@@ -209,14 +209,9 @@ def test_errors_name_the_problem(rng):
 
 
 @pytest.fixture(scope="module")
-def flat_folder(tmp_path_factory):
-    """80 digit images (28 px) directly in one folder: no class sub-folders, no labels."""
-    images, _ = load_digits_images(size=28)
-    root = tmp_path_factory.mktemp("unlabelled") / "images"
-    root.mkdir()
-    for i in range(80):
-        Image.fromarray(images[i]).save(root / f"img{i:04d}.png")
-    return root
+def flat_folder(tmp_path_factory, write_unlabelled_digits):
+    """80 digit images directly in one folder: no class sub-folders, no labels."""
+    return write_unlabelled_digits(tmp_path_factory.mktemp("unlabelled") / "images", 80)
 
 
 def test_train_encoder_on_an_unlabelled_folder(flat_folder, tmp_path):
