@@ -47,6 +47,8 @@ def digits_folder(tmp_path_factory, digits):
 def ray_local():
     """A local Ray instance on 127.0.0.1 with 2 CPUs, stopped when the module's tests end."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    from hashindex.serve import connect
+
+    connect(num_cpus=2)
     yield
     ray.shutdown()

@@ -58,6 +58,57 @@ def sharded(ray_local, store):
     index.shutdown()
 
 
+# ---------------------------------------------------------------------------- loopback only
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(stat))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP sockets in LISTEN state that the processes ``pids`` hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ip = bytes.fromhex(fields[1].split(":")[0])
+                    # /proc prints each 32-bit word of the address in host (little-endian) order
+                    words = [ip[i:i + 4][::-1] for i in range(0, len(ip), 4)]
+                    addresses.append(b"".join(words).hex())
+    return addresses
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
+def test_local_instance_listens_on_loopback_only(ray_local):
+    loopback = {"7f000001", "00000000000000000000ffff7f000001", "00000000000000000000000000000001"}
+    addresses = _listening_addresses(_descendants(os.getpid()) | {os.getpid()})
+    assert addresses, "found no listening socket of the Ray processes"
+    assert set(addresses) <= loopback, f"Ray listens beyond loopback: {sorted(set(addresses) - loopback)}"
+
+
 # ---------------------------------------------------------------------------- planning / merging
 def _info(counts):
     return StoreInfo(bits=8, shards=[{"file": f"part-{i:05d}.h5", "count": c, "first_id": 0}
