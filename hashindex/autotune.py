@@ -47,7 +47,8 @@ DEFAULT_RECALL = 0.95
 DEFAULT_K = 8
 #: Below this many codes flat answers a query in well under 0.1 ms here: exact is free.
 MIN_IVF_CODES = 50_000
-#: Faiss warns below 39 training points per centroid; more costs k-means time linearly.
+#: Codes an IVF's k-means is trained on, per list (here and in ``HashIndex.train``). Faiss
+#: warns below 39; more costs k-means time linearly (Faiss's own cap, 256, would take 6x longer).
 TRAIN_CODES_PER_LIST = 40
 #: Database codes used as tuning queries.
 TUNING_QUERIES = 500

@@ -813,12 +813,14 @@ def compute_targets(result: dict) -> list[dict]:
                                     "single_query_ratio": _ms(f) / _ms(h)}))
     reranks = [r for r in result.get("rerank") or [] if r["search"].startswith("search_rerank")]
     if reranks:
-        r = next((x for x in reranks if x["index"] == "flat"), reranks[0])
+        # Every coarse step measured holds recall@candidates >= 0.95 (flat: 1); the fastest counts.
+        r = min(reranks, key=_ms)
         targets.append(_target(
             f"coarse-then-fine top-{result['config']['candidates']} over {r['size']:,} codes "
             f"({r['index']} coarse step), single-query median <= 15 ms", "<= 15 ms",
             {"size": r["size"], "data": r["data"]}, 15.0 / _ms(r), 1.0,
             {"ms": _ms(r), "p99_ms": r["latency_ms"]["p99_ms"],
+             "coarse_recall_at_candidates": r["coarse_recall_at_candidates"],
              "by_coarse_index": {x["index"]: _ms(x) for x in reranks}},
             "" if r["size"] == 10_000_000 else f"the issue sets this at 10M codes; measured at {r['size']:,}"))
     shards = result.get("shards")

@@ -43,6 +43,8 @@ def as_packed_codes(codes, bits: int, name: str = "codes") -> np.ndarray:
     ``(bits // 8,)`` or ``(bits,)`` is not accepted: pass ``codes[None]``.
     """
     nbytes = bits // 8
+    if type(codes) is np.ndarray and codes.dtype == np.uint8 and codes.ndim == 2 and codes.shape[1] == nbytes:
+        return np.ascontiguousarray(codes)  # the common case, first: it runs once per query
     expected = f"expected packed uint8 (n, {nbytes}) or unpacked (n, {bits}) bool/{{0,1}}/{{-1,+1}}"
     arr = np.asarray(codes)
     if arr.ndim != 2:
