@@ -24,5 +24,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# The latency benchmark of the README (about 9 minutes on 2 idle cores).
+bench: $(STAMP)
+	$(BIN)/hashindex bench --sizes 1e6,1e7
+
 clean:
 	rm -rf $(VENV) demo-output *.egg-info .pytest_cache

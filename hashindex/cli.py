@@ -9,6 +9,11 @@ import click
 
 from .spec import SPEC_GRAMMAR
 
+# encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
+# import (tests/hashindex/test_cli.py checks that they agree).
+LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
+AUGMENT_CHOICES = ("none", "shift", "shift_flip")
+
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -50,6 +55,10 @@ def _train_options(fn):
         click.option("--batch-size", type=click.IntRange(min=2), default=64),
         click.option("--lr", type=float, default=1e-3, help="Learning rate."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
+        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_CHOICES), default="constant",
+                     help="Per-step learning-rate schedule (to lr / 100)."),
+        click.option("--augment", type=click.Choice(AUGMENT_CHOICES), default="none",
+                     help="Random shifts (and flips) of the training images."),
         click.option("--seed", type=int, default=0),
         click.option("--device", default="auto", help="auto, cpu or cuda."),
     ]
@@ -58,10 +67,12 @@ def _train_options(fn):
     return fn
 
 
-def _train_config(epochs, batch_size, lr, optimizer, seed, device, checkpoint_dir=None, resume=False):
+def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, seed, device, checkpoint_dir=None,
+                  resume=False):
     from encoders.training import TrainConfig
 
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, device=device,
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
+                       augment=None if augment == "none" else augment, seed=seed, device=device,
                        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
 
 
@@ -73,12 +84,16 @@ def _train_config(epochs, batch_size, lr, optimizer, seed, device, checkpoint_di
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save a checkpoint after every epoch here.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --checkpoint-dir.")
-def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, seed, device,
-          checkpoint_dir, resume):
-    """Train an encoder on IMAGE_DIR (one sub-folder per class) and save it to --out."""
+def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, seed,
+          device, checkpoint_dir, resume):
+    """Train an encoder on IMAGE_DIR and save it to --out.
+
+    Supervised methods need one sub-folder per class; unsupervised ones (lsh, itq, gan_hash, ...)
+    take any folder of images."""
     from .pipeline import train_encoder
 
-    config = _train_config(epochs, batch_size, lr, optimizer, seed, device, checkpoint_dir, resume)
+    config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, seed, device, checkpoint_dir,
+                           resume)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config)
     click.echo(f"saved encoder to {path}")
 
@@ -195,14 +210,15 @@ def eval_cmd(index_dir, query_shards, database, k, map_k, out):
               help="Use this encoder instead of training one.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build.")
-def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, seed, device, spec, model_path,
-          shard_size, resume):
+def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, seed,
+          device, spec, model_path, shard_size, resume):
     """Train, encode and index IMAGE_DIR in one go."""
     from . import pipeline
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
                             batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
-                            config=_train_config(epochs, batch_size, lr, optimizer, seed, device))
+                            config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, seed,
+                                                 device))
     click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")
     from encoders.encode import SKIPPED_REPORT
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -54,7 +54,8 @@ def train_encoder(
     model = create_encoder(method, backbone=backbone, bits=bits, num_classes=len(images.classes),
                            **(encoder_kwargs or {}))
     history = train_model(model, images, config, progress=progress)
-    return save_encoder(model, out, class_names=images.classes, extra={"history": history})
+    return save_encoder(model, out, class_names=images.classes,
+                        extra={"history": history, "train_config": asdict(config)})
 
 
 @dataclass

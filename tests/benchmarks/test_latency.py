@@ -104,6 +104,27 @@ def test_padding_widths_and_sections(run):
     assert shards["size"] == SIZE and shards["content_checked"] and shards["load_s"] > 0
 
 
+def test_auto_is_timed_beside_the_hand_set_config_it_is_compared_with(run):
+    result, _ = run
+    for r in (r for r in result["rows"] if r["kind"] == "auto"):
+        hand_set = [h for h in result["rows"] if h["system"] == "faiss" and h["kind"] == "IVF"
+                    and h["data"] == r["data"] and h["k"] == min(result["config"]["ks"])]
+        reaching = [h for h in hand_set if h["recall"] >= result["config"]["auto_recall"]]
+        if not reaching:
+            assert r["paired_faiss"] is None
+            continue
+        fastest = min(reaching, key=lambda h: h["latency_ms"]["median_ms"])
+        assert r["paired_faiss"]["spec"] == fastest["spec"] and r["paired_faiss"]["latency_ms"]["samples"] >= 5
+    auto_targets = [t for t in result["targets"] if t["name"].startswith("auto vs")]
+    assert auto_targets and all(t["measured"]["timing"].startswith("timed in") for t in auto_targets)
+
+
+def test_other_processes_cpu_share_is_recorded(run):
+    result, _ = run
+    share = result["environment"].get("other_processes_cores")
+    assert share is None or 0.0 <= share <= result["environment"]["logical_cores"]
+
+
 def test_targets_are_ratios_with_a_verdict(run):
     result, _ = run
     names = " | ".join(t["name"] for t in result["targets"])

@@ -76,12 +76,25 @@ def test_bad_spec_is_a_clear_error(built, tmp_path):
 
 
 def test_train_command(tmp_path, digits_folder):
-    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "m.pt"), *TINY])
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "m.pt"), *TINY,
+                                       "--lr-schedule", "cosine", "--augment", "shift"])
     assert result.exit_code == 0, result.output
+    import torch
+
     from encoders import load_encoder
 
     model = load_encoder(tmp_path / "m.pt")
     assert model.bits == 32 and model.class_names == ["0", "1", "2", "3"]
+    config = torch.load(tmp_path / "m.pt", weights_only=True)["extra"]["train_config"]
+    assert (config["lr_schedule"], config["augment"], config["epochs"]) == ("cosine", "shift", 2)
+
+
+def test_training_choices_match_the_training_loop():
+    from encoders.training import AUGMENTATIONS, LR_SCHEDULES
+    from hashindex.cli import AUGMENT_CHOICES, LR_SCHEDULE_CHOICES
+
+    assert LR_SCHEDULE_CHOICES == LR_SCHEDULES
+    assert AUGMENT_CHOICES == tuple("none" if a is None else a for a in AUGMENTATIONS)
 
 
 def test_list_command():
