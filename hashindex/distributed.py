@@ -318,7 +318,12 @@ class ShardedHashIndex:
         if not names:
             raise ShardUnavailableError(f"no actors named {prefix}* in Ray namespace {NAMESPACE!r}; "
                                         f"start them with `hashindex serve --name {name}`")
-        actors = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+        actors = []
+        for actor_name in names:
+            try:
+                actors.append(ray.get_actor(actor_name, namespace=NAMESPACE))
+            except ValueError as exc:  # listed, then gone (killed or stopped meanwhile)
+                raise ShardUnavailableError(f"actor {actor_name} vanished while attaching: {exc}") from exc
         descs = _gather([a.describe.remote() for a in actors], [{"group": n, "files": []} for n in names],
                         "attach", timeout_s)
         order = np.argsort([d["group"] for d in descs])
