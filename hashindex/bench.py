@@ -445,12 +445,20 @@ def _bench_ivf(ctx: _Context, add_rows, log, features: np.ndarray | None) -> Has
     _, add_s = _timed(lambda: ivf.add(db, features=features))
     memory = _hashindex_bytes(ivf) - (0 if features is None else features.nbytes)
     log(f"  IVF{nlist}: trained in {train_s:.1f} s on {len(train_rows)} codes, filled in {add_s:.1f} s")
-    for nprobe in [p for p in cfg.nprobes if p <= nlist]:
-        ivf.set_search_params(nprobe=nprobe)
-        m = _measure(ctx, {"hashindex": _hashindex_fn(ivf), "faiss": _faiss_fn(ivf.faiss_index)})
-        add_rows("hashindex", "IVF", str(ivf.spec), train_s + add_s, memory, m["hashindex"], train_s=train_s)
-        add_rows("faiss", "IVF", str(ivf.spec), None, _faiss_bytes(ivf.faiss_index), m["faiss"])
+    _sweep(ctx, add_rows, ivf, "IVF", "nprobe", [p for p in cfg.nprobes if p <= nlist], train_s + add_s, memory,
+           train_s=train_s)
     return ivf
+
+
+def _sweep(ctx: _Context, add_rows, index: HashIndex, kind: str, param: str, values, build_s: float, memory: int,
+           **extra) -> None:
+    """At each value of the search parameter ``param``: ``index`` and the raw Faiss index inside
+    it, timed in alternation, one row each."""
+    for value in values:
+        index.set_search_params(**{param: value})
+        m = _measure(ctx, {"hashindex": _hashindex_fn(index), "faiss": _faiss_fn(index.faiss_index)})
+        add_rows("hashindex", kind, str(index.spec), build_s, memory, m["hashindex"], **extra)
+        add_rows("faiss", kind, str(index.spec), None, _faiss_bytes(index.faiss_index), m["faiss"])
 
 
 def _bench_hnsw(ctx: _Context, add_rows, log) -> None:
@@ -461,11 +469,7 @@ def _bench_hnsw(ctx: _Context, add_rows, log) -> None:
     _, build = _timed(lambda: hnsw.add(db))
     memory = _hashindex_bytes(hnsw)
     log(f"  HNSW{cfg.hnsw_m}: built in {build:.1f} s")
-    for ef in cfg.ef_searches:
-        hnsw.set_search_params(efSearch=ef)
-        m = _measure(ctx, {"hashindex": _hashindex_fn(hnsw), "faiss": _faiss_fn(hnsw.faiss_index)})
-        add_rows("hashindex", "HNSW", str(hnsw.spec), build, memory, m["hashindex"])
-        add_rows("faiss", "HNSW", str(hnsw.spec), None, _faiss_bytes(hnsw.faiss_index), m["faiss"])
+    _sweep(ctx, add_rows, hnsw, "HNSW", "efSearch", cfg.ef_searches, build, memory)
     del hnsw
     if not cfg.usearch:
         return
@@ -486,11 +490,7 @@ def _bench_multihash(ctx: _Context, add_rows, log) -> None:
     _, build = _timed(lambda: mh.add(ctx.database))
     memory = _hashindex_bytes(mh)
     log(f"  MultiHash{nhash}x{cfg.multihash_bits}: built in {build:.1f} s")
-    for nflip in cfg.nflips:
-        mh.set_search_params(nflip=nflip)
-        m = _measure(ctx, {"hashindex": _hashindex_fn(mh), "faiss": _faiss_fn(mh.faiss_index)})
-        add_rows("hashindex", "MultiHash", str(mh.spec), build, memory, m["hashindex"])
-        add_rows("faiss", "MultiHash", str(mh.spec), None, _faiss_bytes(mh.faiss_index), m["faiss"])
+    _sweep(ctx, add_rows, mh, "MultiHash", "nflip", cfg.nflips, build, memory)
 
 
 def _filled(index: HashIndex, db: np.ndarray, **kwargs) -> HashIndex:

@@ -6,6 +6,9 @@ that the Faiss-backed code is checked against.
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 
 from .codes import MISSING_DISTANCE
@@ -63,3 +66,19 @@ def assert_same_knn(D_ref, I_ref, D, I, *, database=None, queries=None) -> None:
         if database is not None and queries is not None:
             true = hamming_matrix(queries[row : row + 1], database[ids])[0]
             np.testing.assert_array_equal(true, D[row][valid], err_msg=f"row {row}: ids not at stated distances")
+
+
+def start_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    """Start ``call()`` in a thread (for tests that kill something while it runs). The returned
+    dict receives ``"result"``, or ``"error"`` (the exception), when the call ends."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from encoders.distributed_encode import CLAIM, DONE, WORK_DIR, EncodeChunkError,
 from encoders.encode import SKIPPED_REPORT, encode_folder  # noqa: E402
 from hashindex import ShardReader, read_store_info  # noqa: E402
 from hashindex.datasets import write_image_folder  # noqa: E402
+from hashindex.testing import start_in_thread  # noqa: E402
 
 FIELDS = ("codes", "labels", "ids", "features", "paths")
 RUN = dict(batch_size=8, shard_size=16, progress=False, cpus_per_worker=1)
@@ -109,16 +109,8 @@ def test_existing_store_is_not_overwritten(ray_local, folder, model_file, refere
 def _kill_workers_during(out, run, max_kills=1):
     """Run ``run`` in a thread; SIGKILL the worker of the first ``max_kills`` chunks seen in
     progress (claimed, not done). Returns the run's outcome and the killed chunks."""
-    outcome, killed = {}, set()
-
-    def target():
-        try:
-            outcome["report"] = run()
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
+    killed = set()
+    thread, outcome = start_in_thread(run)
     work = out / WORK_DIR
     while thread.is_alive():
         for claim in work.glob(f"chunk-*/{CLAIM}") if work.exists() else []:

@@ -4,7 +4,6 @@ for search, rerank and vote; actors killed mid-query are restarted or fail loudl
 import os
 import shutil
 import signal
-import threading
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ from hashindex.distributed import (  # noqa: E402
 )
 from hashindex.serve import serve, stop  # noqa: E402
 from hashindex.store import StoreInfo  # noqa: E402
-from hashindex.testing import assert_same_knn, brute_force_knn  # noqa: E402
+from hashindex.testing import assert_same_knn, brute_force_knn, start_in_thread  # noqa: E402
 
 BITS = 32
 # Fractional CPUs: every actor of every test fits in the 2-CPU instance at once.
@@ -265,16 +264,7 @@ def test_serve_attach_and_stop(ray_local, store, single):
 def _kill_during(index, victim_group, call):
     """Run ``call`` in a thread and SIGKILL the victim actor's process while it is running."""
     pid = index.describe()[victim_group]["pid"]
-    out = {}
-
-    def run():
-        try:
-            out["result"] = call()
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, out = start_in_thread(call)
     time.sleep(0.3)
     assert thread.is_alive(), "the query finished before the kill; make it longer"
     os.kill(pid, signal.SIGKILL)
