@@ -11,7 +11,10 @@ from .base import HashOutput
 
 
 class BaseHashLoss(nn.Module):
-    """Template: ``forward(output, labels) -> {"loss": total, <term>: value, ...}``."""
+    """Template: ``forward(output, labels) -> {"loss": total, <term>: value, ...}``.
+
+    ``labels`` are class indices ``(n,)`` or, for mixed images (:mod:`encoders.mixup`),
+    class probabilities ``(n, classes)``; supervised losses accept both."""
 
     requires_labels = True
 
@@ -19,8 +22,12 @@ class BaseHashLoss(nn.Module):
         if self.requires_labels:
             if labels is None:
                 raise ValueError(f"{type(self).__name__} needs labels")
-            if labels.shape != (output.codes.shape[0],):
-                raise ValueError(f"labels: expected shape ({output.codes.shape[0]},), got {tuple(labels.shape)}")
+            n = output.codes.shape[0]
+            hard = labels.shape == (n,)
+            soft = labels.ndim == 2 and labels.shape[0] == n and labels.is_floating_point()
+            if not (hard or soft):
+                raise ValueError(f"labels: expected class indices of shape ({n},) or float class probabilities "
+                                 f"of shape ({n}, classes), got {tuple(labels.shape)} {labels.dtype}")
             if labels.device != output.codes.device:
                 raise ValueError(f"labels on {labels.device} but codes on {output.codes.device}")
         terms = self.compute_loss(output, labels)
@@ -32,7 +39,8 @@ class BaseHashLoss(nn.Module):
 
 
 class ClassificationLoss(BaseHashLoss):
-    """Cross-entropy on the model's logits (DLBHC trains its latent layer this way)."""
+    """Cross-entropy on the model's logits (DLBHC trains its latent layer this way); soft
+    labels give the cross-entropy against those class probabilities."""
 
     def compute_loss(self, output, labels):
         if output.logits is None:
@@ -40,24 +48,33 @@ class ClassificationLoss(BaseHashLoss):
         return {"classification": F.cross_entropy(output.logits, labels)}
 
 
-def hashnet_pair_weights(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HashNet's pair weights for a batch: ``(weights, similar, pairs)``, all ``(n, n)``.
+def label_similarity(labels: torch.Tensor) -> torch.Tensor:
+    """``s_ij`` as floats ``(n, n)``: 1 where two class indices are equal, else 0; for class
+    probabilities ``T`` ``(n, classes)``, the chance that i and j share a class, ``T T^T``."""
+    if labels.ndim == 2:
+        labels = labels.float()
+        return labels @ labels.T
+    return (labels[:, None] == labels[None, :]).float()
 
-    ``pairs`` masks the ordered pairs ``i != j`` (a code paired with itself carries no
-    information); ``similar`` is ``s_ij`` (same label). With ``S`` all pairs, ``S1`` the
-    similar and ``S0`` the dissimilar ones, ``w_ij = |S| / |S1|`` for similar and
-    ``|S| / |S0|`` for dissimilar pairs, so both kinds weigh the same in total.
+
+def hashnet_pair_weights(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HashNet's pair weights for a batch: ``(w_similar, w_dissimilar, pairs)``.
+
+    ``similarity`` is ``s_ij`` (:func:`label_similarity`); ``pairs`` masks the ordered pairs
+    ``i != j`` (a code paired with itself carries no information). With ``S`` all pairs,
+    ``|S1| = sum s_ij`` and ``|S0| = sum (1 - s_ij)`` over them (for hard labels: the counts
+    of similar and dissimilar pairs), ``w_similar = |S| / |S1|`` and ``w_dissimilar =
+    |S| / |S0|``, so both kinds weigh the same in total.
     """
-    n = labels.shape[0]
-    pairs = ~torch.eye(n, dtype=torch.bool, device=labels.device)
-    similar = (labels[:, None] == labels[None, :]) & pairs
+    n = similarity.shape[0]
+    pairs = ~torch.eye(n, dtype=torch.bool, device=similarity.device)
     n_pairs = pairs.sum()
-    n_similar = similar.sum()
+    n_similar = (similarity * pairs).sum()
     n_dissimilar = n_pairs - n_similar
+    # clamp: with no similar (or no dissimilar) pair, that kind's terms are all zero anyway.
     w_similar = n_pairs / n_similar.clamp(min=1)
     w_dissimilar = n_pairs / n_dissimilar.clamp(min=1)
-    weights = torch.where(similar, w_similar, w_dissimilar).float() * pairs
-    return weights, similar, pairs
+    return w_similar, w_dissimilar, pairs
 
 
 class HashNetLoss(BaseHashLoss):
@@ -65,11 +82,13 @@ class HashNetLoss(BaseHashLoss):
 
         ``l_ij = log(1 + exp(a <h_i, h_j>)) - a s_ij <h_i, h_j>``,  ``a = 10 / k`` by default,
 
-    weighted by :func:`hashnet_pair_weights` and divided by the number of pairs ``|S|``
-    (i.e. the mean loss of the similar pairs plus that of the dissimilar ones). Since
-    ``log(1 + e^x) - x = log(1 + e^-x)``, a pair's loss is ``softplus(x)`` when dissimilar
-    and ``softplus(-x)`` when similar (``x = a <h_i, h_j>``): no overflow for large inner
-    products and no cancellation of two large terms. Term name: ``similarity``.
+    with the similar part weighted by ``w_similar`` and the dissimilar part by ``w_dissimilar``
+    (:func:`hashnet_pair_weights`), divided by the number of pairs ``|S|`` (i.e. the mean
+    loss of the similar pairs plus that of the dissimilar ones). Since ``log(1 + e^x) - s x
+    = s log(1 + e^-x) + (1 - s) log(1 + e^x)``, a pair's loss is ``s softplus(-x) + (1 - s)
+    softplus(x)`` (``x = a <h_i, h_j>``): no overflow for large inner products and no
+    cancellation of two large terms. Soft ``s_ij`` (mixed images) use the same form.
+    Term name: ``similarity``.
     """
 
     def __init__(self, alpha: float | None = None) -> None:
@@ -79,10 +98,11 @@ class HashNetLoss(BaseHashLoss):
     def compute_loss(self, output, labels):
         codes = output.codes.float()
         alpha = self.alpha if self.alpha is not None else 10.0 / codes.shape[1]
-        weights, similar, pairs = hashnet_pair_weights(labels)
+        similarity = label_similarity(labels)
+        w_similar, w_dissimilar, pairs = hashnet_pair_weights(similarity)
         inner = alpha * (codes @ codes.T)
-        pair_loss = F.softplus(torch.where(similar, -inner, inner))
-        return {"similarity": (weights * pair_loss).sum() / pairs.sum().clamp(min=1)}
+        pair_loss = w_similar * similarity * F.softplus(-inner) + w_dissimilar * (1 - similarity) * F.softplus(inner)
+        return {"similarity": (pair_loss * pairs).sum() / pairs.sum().clamp(min=1)}
 
 
 #: Losses a training stage can name (``Stage(loss="hashnet")``); ``None`` means the model's own.

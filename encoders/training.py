@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
+from .mixup import mixup_batch
 
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -53,7 +54,9 @@ class TrainConfig:
     has one, else a single stage of ``epochs`` epochs); the number of epochs is then their sum.
     ``lr_schedule`` anneals the learning rate per step from ``lr`` to ``lr_end`` (default
     ``lr / 100``) within each stage. ``amp`` enables mixed precision, on CUDA only.
-    ``augment`` randomly shifts (and flips) training images, see :func:`train_transform`.
+    ``augment`` randomly shifts (and flips) training images, see :func:`train_transform`;
+    ``mixup`` > 0 trains on blends of image pairs with ``Beta(mixup, mixup)`` weights, see
+    :mod:`encoders.mixup` (0: off).
     """
 
     epochs: int = 10
@@ -72,8 +75,11 @@ class TrainConfig:
     stages: list[Stage] | None = None
     amp: bool = True
     augment: str | None = None  #: ``None``, ``"shift"`` or ``"shift_flip"``, see :func:`train_transform`
+    mixup: float = 0.0  #: Beta parameter of :func:`encoders.mixup.mixup_batch`; 0 = no mixup
 
     def __post_init__(self) -> None:
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
         if self.stages is not None:
             self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
@@ -202,6 +208,8 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
     optimizer = make_optimizer(params, opt_config)
     if loss is None:
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
+    if config.mixup and not loss.requires_labels:
+        raise ValueError(f"stage {stage.name!r}: mixup needs a supervised loss, {type(loss).__name__} uses no labels")
     return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
 
 
@@ -219,6 +227,8 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
     model.to(device)
     use_amp = config.amp and device.type == "cuda"
     dataset = ImageFileDataset(images, train_transform(model.input_cfg, config.augment))
+    if config.mixup and not images.classes:
+        raise ValueError("mixup needs labelled images (class sub-folders)")
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     # Global epoch -> (stage index, epoch within the stage).
     plan = [(i, e) for i, s in enumerate(stages) for e in range(s.epochs)]
@@ -243,7 +253,7 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
                     run.scaler.load_state_dict(saved["scaler"])
                 saved = None
             record = _train_epoch(model, run, dataset, config, device, use_amp, epoch, epoch_in_stage,
-                                  steps_per_epoch, len(plan), progress)
+                                  steps_per_epoch, len(plan), len(images.classes), progress)
             history.append(record)
             if checkpoint is not None:
                 save_torch_atomic({"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -257,7 +267,8 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
 
 
 def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, use_amp: bool, epoch: int,
-                 epoch_in_stage: int, steps_per_epoch: int, total_epochs: int, progress: bool) -> dict:
+                 epoch_in_stage: int, steps_per_epoch: int, total_epochs: int, num_classes: int,
+                 progress: bool) -> dict:
     torch.manual_seed(config.seed * 100_003 + epoch)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
@@ -278,6 +289,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
             group["lr"] = lr
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
+        if config.mixup:
+            x, y = mixup_batch(x, y, num_classes, config.mixup)
         with torch.autocast(device.type, enabled=use_amp):
             terms = run.loss(model(x), y)
         run.optimizer.zero_grad(set_to_none=True)

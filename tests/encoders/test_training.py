@@ -7,6 +7,7 @@ import torch
 from encoders import create_encoder, load_encoder
 from encoders.bilinear import paper_schedule
 from encoders.data import list_images
+from encoders.losses import HashNetLoss
 from encoders.encode import encode_folder
 from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model, train_transform
 from hashindex.pipeline import train_encoder
@@ -44,6 +45,8 @@ RESUME_CASES = {
     # Random shifts too: the augmentation draws from the per-epoch seed, so a resume replays it.
     "hashnet-sgd-cosine-augmented": ("hashnet", {"step_size": 3}, dict(epochs=3, optimizer="sgd", lr=0.05,
                                                                        lr_schedule="cosine", augment="shift"), 2),
+    # Mixup draws its blend weights and partners from the per-epoch seed too.
+    "dlbhc-mixup": ("dlbhc", {}, dict(epochs=2, optimizer="adam", lr=1e-3, mixup=0.4), 1),
     # Interrupted inside the second stage: its momentum buffers must come back from the checkpoint.
     "bilinear-stages-mid-stage": ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 32}, dict(stages=[
         Stage(1, train=("classifier",), lr=0.5, optimizer="sgd", loss="classification"),
@@ -97,6 +100,21 @@ def test_hashnet_beta_follows_the_stage_step(digits_folder):
     assert model.beta == pytest.approx(math.sqrt(1 + 6))
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(set(h) >= {"similarity", "loss", "lr", "stage"} for h in history)
+
+
+def test_mixup_trains_every_supervised_loss_and_needs_one(digits_folder):
+    images = list_images(digits_folder)
+    for method in ("dlbhc", "hashnet"):
+        history = train_model(_model(method), images, TrainConfig(epochs=1, batch_size=32, mixup=1.0), progress=False)
+        assert math.isfinite(history[0]["loss"])
+
+    class NoLabels(HashNetLoss):
+        requires_labels = False
+
+    with pytest.raises(ValueError, match="mixup needs a supervised loss, NoLabels uses no labels"):
+        train_model(_model("hashnet"), images, TrainConfig(epochs=1, mixup=1.0), loss=NoLabels(), progress=False)
+    with pytest.raises(ValueError, match="mixup must be >= 0"):
+        TrainConfig(mixup=-1.0)
 
 
 def test_learning_rate_schedules():

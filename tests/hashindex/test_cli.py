@@ -77,7 +77,7 @@ def test_bad_spec_is_a_clear_error(built, tmp_path):
 
 def test_train_command(tmp_path, digits_folder):
     result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "m.pt"), *TINY,
-                                       "--lr-schedule", "cosine", "--augment", "shift"])
+                                       "--lr-schedule", "cosine", "--augment", "shift", "--mixup", "0.5"])
     assert result.exit_code == 0, result.output
     import torch
 
@@ -86,7 +86,7 @@ def test_train_command(tmp_path, digits_folder):
     model = load_encoder(tmp_path / "m.pt")
     assert model.bits == 32 and model.class_names == ["0", "1", "2", "3"]
     config = torch.load(tmp_path / "m.pt", weights_only=True)["extra"]["train_config"]
-    assert (config["lr_schedule"], config["augment"], config["epochs"]) == ("cosine", "shift", 2)
+    assert (config["lr_schedule"], config["augment"], config["mixup"], config["epochs"]) == ("cosine", "shift", 0.5, 2)
 
 
 def test_training_choices_match_the_training_loop():
