@@ -73,3 +73,17 @@ def load_encoder(path: "str | os.PathLike", method: "str | None" = None, bits: "
     model.load_state_dict(payload["state_dict"])
     model.class_names = payload["class_names"]
     return model.eval()
+
+
+def load_trunk(model, path: "str | os.PathLike") -> None:
+    """Start ``model``'s backbone from the trained backbone of the encoder file ``path``:
+    HashNet fine-tunes a classification-trained trunk, as the paper fine-tunes an
+    ImageNet-trained AlexNet. Both must use the same backbone, built the same way."""
+    source = load_encoder(path)
+    wanted, found = model.config.get("backbone"), source.config.get("backbone")
+    if wanted != found:
+        raise ValueError(f"{path}: holds a {found!r} backbone, this encoder uses {wanted!r}")
+    try:
+        model.backbone.load_state_dict(source.backbone.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: its {found!r} backbone was built differently from this one: {exc}") from exc

@@ -87,8 +87,10 @@ def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save a checkpoint after every epoch here.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --checkpoint-dir.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Encoder file whose trained backbone this one starts from (e.g. a DLBHC model for HashNet).")
 def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, checkpoint_dir, resume):
+          seed, device, checkpoint_dir, resume, init_from):
     """Train an encoder on IMAGE_DIR and save it to --out.
 
     Supervised methods need one sub-folder per class; unsupervised ones (lsh, itq, gan_hash, ...)
@@ -97,7 +99,8 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
 
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
                            checkpoint_dir, resume)
-    path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config)
+    path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
+                         init_trunk_from=init_from)
     click.echo(f"saved encoder to {path}")
 
 

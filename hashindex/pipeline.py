@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from encoders import create_encoder, load_encoder, save_encoder
+from encoders.checkpoint import load_trunk
 from encoders.data import list_images
 from encoders.encode import EncodeReport, encode_folder
 from encoders.feature_hashing import is_feature_method
@@ -38,13 +39,18 @@ def train_encoder(
     bits: int = 64,
     config: TrainConfig | None = None,
     encoder_kwargs: dict | None = None,
+    init_trunk_from: "str | os.PathLike | None" = None,
     progress: bool = True,
 ) -> Path:
     """Train ``method`` on ``image_dir`` and save it to ``out`` (a file). Supervised methods
     need class sub-folders; unsupervised ones (``encoders.feature_hashing.feature_methods()``)
-    take any image folder, never read labels, and are fitted on ``backbone`` features."""
+    take any image folder, never read labels, and are fitted on ``backbone`` features.
+    ``init_trunk_from``: an encoder file whose trained backbone this one starts from
+    (:func:`encoders.checkpoint.load_trunk`)."""
     config = config or TrainConfig()
     if is_feature_method(method):
+        if init_trunk_from is not None:
+            raise ValueError(f"{method!r} is fitted on fixed features; init_trunk_from is for trained methods")
         return fit_feature_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
                                    encoder_kwargs=encoder_kwargs, progress=progress)
     images = list_images(image_dir, supervised=True)
@@ -53,6 +59,8 @@ def train_encoder(
     torch.manual_seed(config.seed)
     model = create_encoder(method, backbone=backbone, bits=bits, num_classes=len(images.classes),
                            **(encoder_kwargs or {}))
+    if init_trunk_from is not None:
+        load_trunk(model, init_trunk_from)
     history = train_model(model, images, config, progress=progress)
     return save_encoder(model, out, class_names=images.classes,
                         extra={"history": history, "train_config": asdict(config)})

@@ -66,3 +66,21 @@ def test_tiny_run_writes_json_and_table(bench, tmp_path, monkeypatch):
     table = (tmp_path / "out" / "seen_unseen.md").read_text()
     assert table.count("| digits |") == len(rows)
     assert payload["total_s"] > 0
+
+
+def test_hashnet_fine_tunes_the_trained_dlbhc_trunk(bench, tmp_path, monkeypatch):
+    calls = []
+    real_train_encoder = bench.train_encoder
+
+    def spy(image_dir, out, *, method, init_trunk_from=None, **kwargs):
+        # HashNet starts from the DLBHC model trained just before it.
+        assert init_trunk_from == (calls[-1][1] if method == "hashnet" else None)
+        calls.append((method, out, kwargs["config"].epochs))
+        return real_train_encoder(image_dir, out, method=method, init_trunk_from=init_trunk_from, **kwargs)
+
+    monkeypatch.setattr(bench, "train_encoder", spy)
+    result = bench.run_dataset("digits", ["hashnet"], bits=16, epochs=5, queries_per_class=3, limit_per_class=12,
+                               work_dir=tmp_path)
+    # Asked for HashNet alone: DLBHC's trunk is trained first (5 epochs), then HashNet for 40 % of them.
+    assert [(m, e) for m, _, e in calls] == [("dlbhc", 5), ("hashnet", 2)]
+    assert [r["init_trunk_from"] for r in result["rows"]] == ["dlbhc"]

@@ -117,6 +117,19 @@ def test_mixup_trains_every_supervised_loss_and_needs_one(digits_folder):
         TrainConfig(mixup=-1.0)
 
 
+def test_train_encoder_starts_from_another_encoders_trunk(digits_folder, tmp_path):
+    kwargs = {k: v for k, v in TINY.items() if k != "backbone"}
+    dlbhc = train_encoder(digits_folder, tmp_path / "dlbhc.pt", method="dlbhc", bits=16, encoder_kwargs=kwargs,
+                          config=TrainConfig(epochs=1, batch_size=32), progress=False)
+    # Zero epochs: the saved HashNet holds exactly the trunk it started from.
+    hashnet = train_encoder(digits_folder, tmp_path / "hashnet.pt", method="hashnet", bits=16, encoder_kwargs=kwargs,
+                            config=TrainConfig(epochs=0), init_trunk_from=dlbhc, progress=False)
+    _assert_same_state(load_encoder(hashnet).backbone, load_encoder(dlbhc).backbone)
+    with pytest.raises(ValueError, match="'itq' is fitted on fixed features; init_trunk_from is for trained methods"):
+        train_encoder(digits_folder, tmp_path / "itq.pt", method="itq", backbone="pixels", bits=16,
+                      init_trunk_from=dlbhc, progress=False)
+
+
 def test_learning_rate_schedules():
     constant = Stage(1, lr=0.1, lr_end=0.001, lr_schedule="constant")
     assert learning_rate(constant, 5, 10) == 0.1

@@ -89,6 +89,17 @@ def test_train_command(tmp_path, digits_folder):
     assert (config["lr_schedule"], config["augment"], config["mixup"], config["epochs"]) == ("cosine", "shift", 0.5, 2)
 
 
+def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
+    first = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "dlbhc.pt"), *TINY])
+    assert first.exit_code == 0, first.output
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "hashnet.pt"), *TINY,
+                                       "--method", "hashnet", "--init-from", str(tmp_path / "dlbhc.pt")])
+    assert result.exit_code == 0, result.output
+    wrong = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "x.pt"), *TINY,
+                                      "--backbone", "pixels", "--init-from", str(tmp_path / "dlbhc.pt")])
+    assert wrong.exit_code == 1 and "holds a 'small_cnn' backbone, this encoder uses 'pixels'" in wrong.output
+
+
 def test_training_choices_match_the_training_loop():
     from encoders.training import AUGMENTATIONS, LR_SCHEDULES
     from hashindex.cli import AUGMENT_CHOICES, LR_SCHEDULE_CHOICES
