@@ -49,7 +49,7 @@ def test_classification_loss_decreases_on_a_tiny_batch():
 def test_loss_checks_labels():
     model = _tiny()
     out = model(torch.randn(4, 3, 16, 16))
-    with pytest.raises(ValueError, match=r"labels: expected shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"labels: expected class indices of shape \(4,\) or float class probabilities"):
         model.default_loss()(out, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="needs labels"):
         model.default_loss()(out)
