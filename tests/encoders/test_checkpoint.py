@@ -7,10 +7,11 @@ from encoders.checkpoint import load_trunk
 TINY = dict(backbone="small_cnn", width=4, feature_dim=12, input_size=16)
 
 
-def _saved(tmp_path, method="dlbhc", seed=0, **extra):
-    torch.manual_seed(seed)
-    model = create_encoder(method, bits=16, num_classes=3, **{**TINY, **extra})
-    return model, save_encoder(model, tmp_path / f"{method}-{seed}.pt", class_names=["a", "b", "c"])
+def _saved(tmp_path):
+    """A DLBHC encoder and the file it is saved in."""
+    torch.manual_seed(0)
+    model = create_encoder("dlbhc", bits=16, num_classes=3, **TINY)
+    return model, save_encoder(model, tmp_path / "dlbhc.pt", class_names=["a", "b", "c"])
 
 
 def test_load_trunk_copies_the_backbone_and_nothing_else(tmp_path):
