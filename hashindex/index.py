@@ -17,6 +17,7 @@ from .autotune import TRAIN_CODES_PER_LIST
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
+from .routing import FlatRouting
 from .spec import IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardReader
 from .vote import majority_vote
@@ -47,7 +48,8 @@ class HashIndex:
     """
 
     def __init__(self, bits: int = 64, spec: "str | IndexSpec" = "flat", class_names=None,
-                 metadata: dict | None = None, device: str = "cpu", pad: bool = True) -> None:
+                 metadata: dict | None = None, device: str = "cpu", pad: bool = True,
+                 engine: "str | dict[int, str] | None" = None) -> None:
         self.bits = check_bits(bits)
         self.spec = parse_spec(spec)
         self.class_names: list[str] = list(class_names or [])
@@ -61,6 +63,9 @@ class HashIndex:
         self._index = (IndexSpec("flat") if self._auto_request else self.spec).build(self.faiss_bits)
         #: Where kNN searches run: ``device`` is "cpu", "gpu" or "auto" (see :mod:`hashindex.gpu`).
         self._placement = DevicePlacement(device)
+        #: Flat searches routed per call between engines (see :mod:`hashindex.routing`); ``engine``
+        #: names one engine (e.g. "torch") or a table {batch size: engine name}.
+        self._routing = FlatRouting(device, engine)
         self._labels = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
         self._ids_are_rows = True
@@ -235,7 +240,13 @@ class HashIndex:
         if len(self) == 0 or len(packed) == 0:
             return (np.full((len(packed), k), MISSING_DISTANCE, dtype=np.int32),
                     np.full((len(packed), k), -1, dtype=np.int64))
-        D, rows = self._placement.search(self._index, self._faiss_codes(packed), k)
+        faiss_codes = self._faiss_codes(packed)
+        routed = self._routing.search(self._index, faiss_codes, k)
+        if routed is not None:
+            D, rows = routed
+            self.metadata["routing"] = self._routing.report
+        else:
+            D, rows = self._placement.search(self._index, faiss_codes, k)
         last = rows[:, -1]  # Faiss puts missing neighbours last in each row
         if (last[0] if len(last) == 1 else last.min()) < 0:  # (a scalar read is 15x cheaper than min)
             D[rows < 0] = MISSING_DISTANCE

@@ -171,7 +171,7 @@ def test_gpu_queries_are_streamed_in_bounded_batches(emulated_gpu, rng):
 def test_k_above_gpu_limit_falls_back_to_cpu_with_a_message(emulated_gpu, rng):
     db = rng.integers(0, 256, size=(3000, 8), dtype=np.uint8)
     q = rng.integers(0, 256, size=(5, 8), dtype=np.uint8)
-    index = HashIndex(64, device="gpu")
+    index = HashIndex(64, device="gpu", engine="faiss-gpu")  # Faiss GPU on every call, not routed
     index.add(db)
     with pytest.warns(GpuFallbackWarning, match="k=2500 exceeds the GPU k-selection limit of 2048"):
         D, I = index.search(q, k=2500)
@@ -183,7 +183,7 @@ def test_k_above_gpu_limit_falls_back_to_cpu_with_a_message(emulated_gpu, rng):
 
 
 def test_gpu_copy_is_rebuilt_after_add(emulated_gpu, rng):
-    index = HashIndex(64, device="gpu")
+    index = HashIndex(64, device="gpu", engine="faiss-gpu")
     first = rng.integers(0, 256, size=(100, 8), dtype=np.uint8)
     index.add(first)
     index.search(first[:2], k=1)
