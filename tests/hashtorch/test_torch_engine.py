@@ -1,0 +1,130 @@
+"""The torch engine (CPU here) against the numpy brute-force Hamming oracle, through the registry."""
+
+import numpy as np
+import pytest
+import torch
+
+import hashtorch  # noqa: F401 - registers "torch" where the entry point is not installed
+from hashindex import MISSING_DISTANCE
+from hashindex.engines import create_engine
+from hashindex.testing import brute_force_knn, hamming_matrix, tie_heavy_codes
+from hashtorch.engine import plan_tiles, popcount64_, tile_bytes, unpack_signs
+
+BITS = [16, 32, 48, 64, 96, 128, 256]
+
+
+def _engine(db, **options):
+    engine = create_engine("torch", device="cpu", **options)
+    engine.fit(db)
+    return engine
+
+
+def _assert_exact(engine, queries, db, k):
+    D, I = engine.search(queries, k)
+    D_ref, I_ref = brute_force_knn(queries, db, k)
+    assert D.dtype == np.int32 and I.dtype == np.int64 and D.shape == I.shape == (len(queries), k)
+    np.testing.assert_array_equal(D, D_ref)
+    np.testing.assert_array_equal(I, I_ref)  # ties in row order, as CPU IndexBinaryFlat gives them
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("path", ["xor", "matmul"])
+def test_equals_brute_force_with_ties_in_row_order(rng, bits, path):
+    db = tie_heavy_codes(rng, 3000, bits)  # ties everywhere, including at the k-th distance
+    queries = np.concatenate([db[:20], rng.integers(0, 256, size=(13, bits // 8), dtype=np.uint8)])
+    engine = _engine(db, path=path)
+    for k in (1, 8, 100, 2500):
+        _assert_exact(engine, queries, db, k)
+
+
+@pytest.mark.parametrize("path", ["xor", "matmul"])
+def test_k_beyond_ntotal_pads_with_missing(rng, path):
+    db = rng.integers(0, 256, size=(37, 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, size=(5, 8), dtype=np.uint8)
+    engine = _engine(db, path=path)
+    D, I = engine.search(queries, 50)
+    assert (I[:, 37:] == -1).all() and (D[:, 37:] == MISSING_DISTANCE).all()
+    _assert_exact(engine, queries, db, 50)
+
+
+def test_empty_and_tiny_databases(rng):
+    engine = create_engine("torch", device="cpu")
+    queries = rng.integers(0, 256, size=(4, 8), dtype=np.uint8)
+    D, I = engine.search(queries, 3)  # never fitted
+    assert (I == -1).all() and (D == MISSING_DISTANCE).all()
+    engine.fit(np.empty((0, 8), dtype=np.uint8))
+    assert engine.ntotal == 0 and (engine.search(queries, 3)[1] == -1).all()
+    for n in (1, 2, 7):
+        db = rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
+        for path in ("xor", "matmul"):
+            _assert_exact(_engine(db, path=path), queries, db, 5)
+    assert engine.search(queries[:0], 3)[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("path", ["xor", "matmul"])
+def test_tiles_smaller_than_the_data_give_the_same_answer(rng, path):
+    # A tiny budget forces many query and row tiles; 3001 rows and 67 queries are multiples of neither.
+    db = tie_heavy_codes(rng, 3001, 64)
+    queries = np.concatenate([db[:40], rng.integers(0, 256, size=(27, 8), dtype=np.uint8)])
+    engine = _engine(db, path=path, memory_budget=120_000)
+    _assert_exact(engine, queries, db, 10)
+    plan = engine.last_plan
+    assert plan.path == path and plan.rows < 3001 and 3001 % plan.rows and plan.queries < 67
+    assert plan.bytes <= 120_000
+
+
+def test_add_appends_rows(rng):
+    first = rng.integers(0, 256, size=(500, 12), dtype=np.uint8)
+    second = rng.integers(0, 256, size=(300, 12), dtype=np.uint8)
+    engine = _engine(first)
+    engine.add(second)
+    assert engine.ntotal == 800
+    _assert_exact(engine, second[:9], np.concatenate([first, second]), 20)
+
+
+@pytest.mark.parametrize("path", ["xor", "matmul"])
+@pytest.mark.parametrize("nq,k,budget", [(1, 8, 1 << 20), (5000, 8, 1 << 24), (5000, 3000, 1 << 24),
+                                          (200, 2500, 400_000)])
+def test_plan_respects_the_budget(path, nq, k, budget):
+    plan = plan_tiles(path, nq, 1_000_000, 8, k, budget)
+    assert 1 <= plan.queries <= nq and 1 <= plan.rows <= 1_000_000
+    assert plan.bytes == tile_bytes(path, plan.queries, plan.rows, 8, k) <= budget
+    # The plan is the largest one that fits: one more row would not.
+    if plan.rows < 1_000_000:
+        assert tile_bytes(path, plan.queries, plan.rows + 8, 8, k) > budget
+
+
+def test_budget_too_small_is_one_clear_error(rng):
+    engine = _engine(rng.integers(0, 256, size=(100, 8), dtype=np.uint8), memory_budget=100)
+    with pytest.raises(ValueError, match="memory_budget=100 bytes is too small"):
+        engine.search(rng.integers(0, 256, size=(2, 8), dtype=np.uint8), 8)
+
+
+def test_bad_queries_are_refused(rng):
+    engine = _engine(rng.integers(0, 256, size=(10, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="4-byte codes, the engine holds 8-byte codes"):
+        engine.search(np.zeros((1, 4), np.uint8), 1)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        engine.search(np.zeros((1, 8), np.uint8), 0)
+    with pytest.raises(ValueError, match="path must be one of"):
+        create_engine("torch", device="cpu", path="fast")
+
+
+def test_popcount_and_signs_match_numpy(rng):
+    words = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=1000, dtype=np.int64)
+    words[:3] = [-1, 0, np.iinfo(np.int64).min]  # all bits, none, only the sign bit
+    got = popcount64_(torch.from_numpy(words.copy())).numpy()
+    np.testing.assert_array_equal(got, np.bitwise_count(words.view(np.uint64)))
+    codes = rng.integers(0, 256, size=(50, 6), dtype=np.uint8)
+    signs = unpack_signs(torch.from_numpy(codes)).numpy().astype(np.int32)
+    dot = signs @ signs.T
+    np.testing.assert_array_equal((48 - dot) // 2, hamming_matrix(codes, codes))
+
+
+def test_cuda_without_a_gpu_is_one_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    from hashindex.engines import EngineUnavailable
+
+    with pytest.raises(EngineUnavailable, match="torch.cuda.is_available"):
+        create_engine("torch", device="cuda")
