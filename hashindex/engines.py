@@ -122,16 +122,20 @@ def empty_knn(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), MISSING_DISTANCE, dtype=np.int32), np.full((nq, k), -1, dtype=np.int64)
 
 
-def check_knn_args(queries: np.ndarray, k: int, code_size: int | None) -> np.ndarray:
-    """Validate an engine search's arguments; return the queries as C-contiguous uint8."""
+def check_codes(codes: np.ndarray, code_size: int | None, name: str = "codes") -> np.ndarray:
+    """Packed uint8 ``(n, bytes)`` codes of ``code_size`` bytes (any width when ``None``), C-contiguous."""
+    codes = np.ascontiguousarray(codes)
+    if codes.dtype != np.uint8 or codes.ndim != 2:
+        raise ValueError(f"{name}: expected packed uint8 (n, bytes), got {codes.dtype} {codes.shape}")
+    if code_size is not None and codes.shape[1] != code_size:
+        raise ValueError(f"{name} are {codes.shape[1]}-byte codes, the engine holds {code_size}-byte codes")
+    return codes
+
+
+def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    queries = np.ascontiguousarray(queries)
-    if queries.dtype != np.uint8 or queries.ndim != 2:
-        raise ValueError(f"queries: expected packed uint8 (n, bytes), got {queries.dtype} {queries.shape}")
-    if code_size is not None and queries.shape[1] != code_size:
-        raise ValueError(f"queries are {queries.shape[1]}-byte codes, the engine holds {code_size}-byte codes")
-    return queries
+    return int(k)
 
 
 class FaissCpuEngine:
@@ -160,20 +164,25 @@ class FaissCpuEngine:
 
     def fit(self, packed: np.ndarray) -> None:
         self._check_owned()
-        self._index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
+        self._index = None
         self.add(packed)
 
     def add(self, packed: np.ndarray) -> None:
         self._check_owned()
+        packed = check_codes(packed, None if self._index is None else self._index.code_size)
         if self._index is None:
-            return self.fit(packed)
-        self._index.add(np.ascontiguousarray(packed, dtype=np.uint8))
+            self._index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
+        self._index.add(packed)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = check_knn_args(queries, k, None if self._index is None else self._index.code_size)
+        k = check_k(k)
+        queries = check_codes(queries, None if self._index is None else self._index.code_size, "queries")
         if self.ntotal == 0 or len(queries) == 0:
-            return empty_knn(len(queries), int(k))
-        return search_cpu(self._index, queries, int(k))
+            return empty_knn(len(queries), k)
+        return self._search(queries, k)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return search_cpu(self._index, queries, k)
 
     def _check_owned(self) -> None:
         if self._shared:
@@ -195,11 +204,8 @@ class FaissGpuEngine(FaissCpuEngine):
         super().__init__()
         self.placement = DevicePlacement("gpu", gpu_id=gpu_id)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = check_knn_args(queries, k, None if self._index is None else self._index.code_size)
-        if self.ntotal == 0 or len(queries) == 0:
-            return empty_knn(len(queries), int(k))
-        return self.placement.search(self._index, queries, int(k))
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.placement.search(self._index, queries, k)
 
 
 register_engine(FaissCpuEngine.name, FaissCpuEngine)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hashindex.engines import EngineUnavailable, check_knn_args, empty_knn
+from hashindex.engines import EngineUnavailable, check_codes, check_k, empty_knn
 
 PATHS = ("auto", "xor", "matmul")
 #: Working memory of one search when ``memory_budget`` is not given: CPU / at most this on CUDA.
@@ -160,7 +160,7 @@ class TorchEngine:
     # ------------------------------------------------------------------ codes
     def fit(self, packed: np.ndarray) -> None:
         """Replace the stored codes by ``packed`` (uint8 ``(n, bytes)``)."""
-        packed = check_knn_args(packed, 1, None)
+        packed = check_codes(packed, None)
         self.code_size = packed.shape[1]
         self._words = torch.from_numpy(_to_words(packed)).to(self.torch_device)
 
@@ -168,15 +168,16 @@ class TorchEngine:
         """Append ``packed`` codes after the stored ones (rows continue from ``ntotal``)."""
         if self.code_size is None:
             return self.fit(packed)
-        packed = check_knn_args(packed, 1, self.code_size)
+        packed = check_codes(packed, self.code_size)
         new = torch.from_numpy(_to_words(packed)).to(self.torch_device)
         self._words = torch.cat([self._words, new], dim=1)
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(D, I)``: int32 distances and int64 rows, ``(nq, k)``, as a CPU ``IndexBinaryFlat`` gives them."""
-        queries = check_knn_args(queries, k, self.code_size)
-        k, nq, ntotal = int(k), len(queries), self.ntotal
+        k = check_k(k)
+        queries = check_codes(queries, self.code_size, "queries")
+        nq, ntotal = len(queries), self.ntotal
         D, rows = empty_knn(nq, k)
         if ntotal == 0 or nq == 0:
             return D, rows
