@@ -140,7 +140,8 @@ class TorchEngine:
         self.matmul_min_queries = int(matmul_min_queries)
         self.code_size: int | None = None
         self._words = torch.empty((0, 0), dtype=torch.int64, device=self.torch_device)
-        self._int_mm_ok = hasattr(torch, "_int_mm")
+        #: int8 GEMM for the matmul path: on CUDA (on the CPU, float32 is ~10x faster).
+        self.use_int_mm = self.torch_device.type == "cuda" and hasattr(torch, "_int_mm")
         #: The tiles of the last search (for tests and benchmarks).
         self.last_plan: TilePlan | None = None
 
@@ -198,58 +199,57 @@ class TorchEngine:
 
     def _search_tile_rows(self, q_words: torch.Tensor, k: int, plan: TilePlan) -> torch.Tensor:
         """Sorted keys ``distance * ntotal + row`` of the ``k`` nearest rows, ``(queries, k)`` int64."""
-        ntotal = self.ntotal
         q_signs = unpack_signs(self._bytes_of(q_words)) if plan.path == "matmul" else None
         best = None
-        for lo in range(0, ntotal, plan.rows):
-            hi = min(ntotal, lo + plan.rows)
+        for lo in range(0, self.ntotal, plan.rows):
+            hi = min(self.ntotal, lo + plan.rows)
             if plan.path == "xor":
-                dist = self._xor_distances(q_words, lo, hi)
+                key, scale = self._xor_keys(q_words, lo, hi), 1
             else:
-                dist = self._matmul_distances(q_signs, lo, hi)
-            best = self._merge(best, dist, lo, k)
+                key, scale = self._matmul_keys(q_signs, lo, hi), 2
+            best = self._merge(best, key, scale, lo, k)
         return best
 
-    def _xor_distances(self, q_words: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    # A tile's key is ``scale * distance * rows + local_row``: unique per row, ordered by
+    # (distance, row), and built in one pass from the distances (or the dot products).
+    def _xor_keys(self, q_words: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         dist = None
         for w in range(q_words.shape[0]):
             x = torch.bitwise_xor(q_words[w].unsqueeze(1), self._words[w, lo:hi].unsqueeze(0))
             popcount64_(x)
             dist = x if dist is None else dist.add_(x)
-        return dist
+        local = torch.arange(hi - lo, device=dist.device, dtype=torch.int64)
+        return torch.add(local, dist, alpha=hi - lo)
 
-    def _matmul_distances(self, q_signs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    def _matmul_keys(self, q_signs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         db_signs = unpack_signs(self._bytes_of(self._words[:, lo:hi]))
-        bits = db_signs.shape[1]
+        rows, bits = db_signs.shape
         dot = self._signed_dot(q_signs, db_signs)
-        return dot.neg_().add_(bits).div_(2, rounding_mode="floor")  # (bits - dot) / 2, exact
+        if (2 * bits + 1) * rows >= 2**31:
+            dot = dot.long()
+        base = torch.arange(rows, device=dot.device, dtype=dot.dtype).add_(bits * rows)
+        return torch.sub(base, dot, alpha=rows)  # (bits - dot) * rows + local, and bits - dot = 2 * distance
 
     def _signed_dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a @ b.T`` for ±1 int8 rows, exactly: int8 GEMM where allowed, else float."""
-        cuda = a.device.type == "cuda"
-        if self._int_mm_ok and (not cuda or (a.shape[0] > 16 and b.shape[0] % 8 == 0 and a.shape[1] % 8 == 0)):
+        """``a @ b.T`` for ±1 int8 rows, exactly, as int32: int8 GEMM where allowed, else float."""
+        if self.use_int_mm and a.shape[0] > 16 and b.shape[0] % 8 == 0 and a.shape[1] % 8 == 0:
             try:
                 return torch._int_mm(a, b.t())
             except RuntimeError as exc:  # a build or device without int8 GEMM: float from now on
                 logger.info("torch._int_mm unavailable (%s); using float matmul", exc)
-                self._int_mm_ok = False
-        dtype = torch.float16 if cuda and a.shape[1] <= 2048 else torch.float32
+                self.use_int_mm = False
+        dtype = torch.float16 if a.device.type == "cuda" and a.shape[1] <= 2048 else torch.float32
         return (a.to(dtype) @ b.to(dtype).t()).to(torch.int32)
 
     def _bytes_of(self, words: torch.Tensor) -> torch.Tensor:
         """``(words, n)`` int64 -> the ``(n, code_size)`` uint8 codes they hold."""
         return words.t().contiguous().view(torch.uint8)[:, : self.code_size]
 
-    def _merge(self, best: torch.Tensor | None, dist: torch.Tensor, lo: int, k: int) -> torch.Tensor:
-        """Fold one tile's distances ``(queries, rows)`` into the running best keys."""
-        rows = dist.shape[1]
-        bits = self.code_size * 8
-        key_dtype = torch.int32 if (bits + 1) * rows < 2**31 else torch.int64
-        local = torch.arange(rows, device=dist.device, dtype=key_dtype)
-        key = dist.to(key_dtype).mul_(rows).add_(local)
-        take = min(k, rows)
-        top = torch.topk(key, take, dim=1, largest=False, sorted=best is None).values.long()
-        top = (top // rows) * self.ntotal + (top % rows) + lo
+    def _merge(self, best: torch.Tensor | None, key: torch.Tensor, scale: int, lo: int, k: int) -> torch.Tensor:
+        """Fold one tile's keys ``(queries, rows)`` into the running best ``distance * ntotal + row``."""
+        rows = key.shape[1]
+        top = torch.topk(key, min(k, rows), dim=1, largest=False, sorted=best is None).values.long()
+        top = (top // (scale * rows)) * self.ntotal + (top % rows) + lo
         if best is None:
             return top
         merged = torch.cat([best, top], dim=1)

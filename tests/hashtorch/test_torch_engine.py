@@ -128,3 +128,30 @@ def test_cuda_without_a_gpu_is_one_clear_error():
 
     with pytest.raises(EngineUnavailable, match="torch.cuda.is_available"):
         create_engine("torch", device="cuda")
+
+
+@pytest.mark.parametrize("bits", [16, 64, 96])
+def test_int8_gemm_path_is_exact(rng, bits):
+    # CUDA's default; forced here on the CPU (slower there, same results), 40 queries > 16 rows of A.
+    db = tie_heavy_codes(rng, 1000, bits)
+    engine = _engine(db, path="matmul")
+    engine.use_int_mm = True
+    _assert_exact(engine, db[:40], db, 30)
+    assert engine.use_int_mm, "torch._int_mm ran without falling back to float"
+
+
+def test_hash_index_with_the_torch_engine_equals_cpu_flat(rng):
+    from hashindex import HashIndex
+
+    db = tie_heavy_codes(rng, 3000, 48)  # 48 bits: stored zero-padded to 64 in the index
+    q = np.concatenate([db[:30], rng.integers(0, 256, size=(30, 6), dtype=np.uint8)])
+    ids = np.arange(3000) * 3 + 7
+    cpu, gpu = HashIndex(48), HashIndex(48, engine="torch")
+    for index in (cpu, gpu):
+        index.add(db, ids=ids)
+    for k in (1, 8, 2500, 3005):
+        D_cpu, I_cpu = cpu.search(q, k)
+        D_torch, I_torch = gpu.search(q, k)
+        np.testing.assert_array_equal(D_torch, D_cpu)
+        np.testing.assert_array_equal(I_torch, I_cpu)
+    assert gpu.metadata["routing"]["table"] == {"1": "torch"}
