@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 import torch
 
+from hashindex._io import write_json_atomic
 from hashindex.datasets import synthetic_codes
 from hashindex.engines import FaissCpuEngine, FaissGpuEngine
 from hashindex.gpu import gpu_max_k, gpu_unavailable_reason
@@ -61,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-time-s", type=float, default=0.3, help="repeat each measurement for at least this long")
     p.add_argument("--check", type=int, default=64, help="queries whose results are compared with CPU flat")
     p.add_argument("--clustered-up-to", type=float, default=3e7, help="larger databases are uniform codes")
+    p.add_argument("--replot", action="store_true", help="only draw the plot of an existing OUT.json")
     return p.parse_args(argv)
 
 
@@ -138,7 +140,7 @@ def exactness(built: dict, queries: np.ndarray, k: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     sizes, batch_sizes, ks = _ints(args.sizes), _ints(args.queries), _ints(args.ks)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "environment": environment(args), "sizes": []}
-    save = lambda: args.out.write_text(json.dumps(result, indent=1))  # noqa: E731
+    save = lambda: write_json_atomic(args.out, result)  # noqa: E731 - an interrupted run keeps a whole file
     for size in sizes:
         kind = "clustered" if size <= args.clustered_up_to else "uniform"
         start = time.perf_counter()
@@ -226,5 +228,15 @@ def plot(result: dict, path: Path) -> str:
     return str(path)
 
 
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.replot:  # e.g. after a run stopped by its time limit
+        result = json.loads(args.out.read_text())
+        result["plot"] = plot(result, args.out.with_suffix(".png"))
+        write_json_atomic(args.out, result)
+    else:
+        run(args)
+
+
 if __name__ == "__main__":
-    run(parse_args())
+    main()

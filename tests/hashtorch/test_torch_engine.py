@@ -155,3 +155,18 @@ def test_hash_index_with_the_torch_engine_equals_cpu_flat(rng):
         np.testing.assert_array_equal(D_torch, D_cpu)
         np.testing.assert_array_equal(I_torch, I_cpu)
     assert gpu.metadata["routing"]["table"] == {"1": "torch"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("bits", [32, 64, 256])
+def test_cuda_engine_equals_brute_force(rng, bits):
+    # The real device paths: int8 GEMM (or float16) and the XOR path, tiles and budget included.
+    db = tie_heavy_codes(rng, 20_000, bits)
+    queries = np.concatenate([db[:100], rng.integers(0, 256, size=(100, bits // 8), dtype=np.uint8)])
+    for path in ("xor", "matmul"):
+        for budget in (None, 2 << 20):
+            engine = create_engine("torch", device="cuda", path=path, memory_budget=budget)
+            engine.fit(db)
+            assert engine.device == "gpu"
+            for k in (1, 8, 2500):
+                _assert_exact(engine, queries, db, k)
