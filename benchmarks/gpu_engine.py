@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         result["sizes"].append(entry)
         built, entry["build_s"], engine, router = build_engines(db, args)
         entry["routing"] = router.calibrate(min(ks))
+        entry["torch_kernel"] = engine.kernel  # "triton" unless the fused kernel could not run
         save()
         for k in ks:
             entry["exact"][str(k)] = exactness(built, queries[: args.check], k)

@@ -27,7 +27,10 @@ import torch
 
 from hashindex.engines import EngineUnavailable, check_codes, check_k, empty_knn
 
+from .triton_xor import triton_unavailable_reason, xor_keys
+
 PATHS = ("auto", "xor", "matmul")
+KERNELS = ("auto", "torch", "triton")
 #: Working memory of one search when ``memory_budget`` is not given: CPU / at most this on CUDA.
 CPU_BUDGET = 256 << 20
 CUDA_BUDGET = 4 << 30
@@ -122,19 +125,27 @@ class TorchEngine:
     ``memory_budget``: bytes of working memory per search on top of the stored codes (default
     256 MiB on the CPU; on CUDA a quarter of the free memory, at most 4 GiB).
     ``path``: ``"xor"``, ``"matmul"`` or ``"auto"`` (matmul from ``matmul_min_queries`` queries per tile).
+    ``kernel``: the XOR path's kernel, ``"triton"`` (one fused pass, :mod:`hashtorch.triton_xor`),
+    ``"torch"`` (plain torch ops) or ``"auto"`` (Triton where it can run).
     """
 
     name = "torch"
 
     def __init__(self, device: "str | torch.device | None" = None, memory_budget: int | None = None,
-                 path: str = "auto", matmul_min_queries: int = 64) -> None:
+                 path: str = "auto", matmul_min_queries: int = 64, kernel: str = "auto") -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
         self.torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.torch_device.type == "cuda" and not torch.cuda.is_available():
             raise EngineUnavailable("engine 'torch' cannot run on cuda here: torch.cuda.is_available() is False")
         #: ``"gpu"`` or ``"cpu"``: where the codes live (the :class:`~hashindex.engines.Engine` field).
         self.device = "gpu" if self.torch_device.type == "cuda" else "cpu"
+        reason = triton_unavailable_reason(self.torch_device)
+        if kernel == "triton" and reason is not None:
+            raise EngineUnavailable(f"engine 'torch' cannot use kernel='triton': {reason}")
+        self.kernel = "triton" if kernel == "triton" or (kernel == "auto" and reason is None) else "torch"
         self.memory_budget = int(memory_budget) if memory_budget is not None else self._default_budget()
         self.path = path
         self.matmul_min_queries = int(matmul_min_queries)
@@ -152,7 +163,8 @@ class TorchEngine:
         return int(min(CUDA_BUDGET, free // 4))
 
     def __repr__(self) -> str:
-        return f"TorchEngine(device={str(self.torch_device)!r}, ntotal={self.ntotal}, path={self.path!r})"
+        return (f"TorchEngine(device={str(self.torch_device)!r}, ntotal={self.ntotal}, path={self.path!r}, "
+                f"kernel={self.kernel!r})")
 
     @property
     def ntotal(self) -> int:
@@ -213,6 +225,12 @@ class TorchEngine:
     # A tile's key is ``scale * distance * rows + local_row``: unique per row, ordered by
     # (distance, row), and built in one pass from the distances (or the dot products).
     def _xor_keys(self, q_words: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        if self.kernel == "triton":
+            try:
+                return xor_keys(q_words, self._words, lo, hi)
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to build on this device/Triton
+                logger.warning("Triton XOR kernel failed (%s: %s); using torch kernels", type(exc).__name__, exc)
+                self.kernel = "torch"
         dist = None
         for w in range(q_words.shape[0]):
             x = torch.bitwise_xor(q_words[w].unsqueeze(1), self._words[w, lo:hi].unsqueeze(0))

@@ -163,10 +163,52 @@ def test_cuda_engine_equals_brute_force(rng, bits):
     # The real device paths: int8 GEMM (or float16) and the XOR path, tiles and budget included.
     db = tie_heavy_codes(rng, 20_000, bits)
     queries = np.concatenate([db[:100], rng.integers(0, 256, size=(100, bits // 8), dtype=np.uint8)])
-    for path in ("xor", "matmul"):
+    for path, kernel in (("xor", "torch"), ("xor", "auto"), ("matmul", "auto")):  # auto: Triton if installed
         for budget in (None, 2 << 20):
-            engine = create_engine("torch", device="cuda", path=path, memory_budget=budget)
+            engine = create_engine("torch", device="cuda", path=path, memory_budget=budget, kernel=kernel)
             engine.fit(db)
             assert engine.device == "gpu"
             for k in (1, 8, 2500):
                 _assert_exact(engine, queries, db, k)
+
+
+_TRITON_SCRIPT = """
+import numpy as np, hashtorch
+from hashindex.engines import create_engine
+from hashindex.testing import brute_force_knn, tie_heavy_codes
+rng = np.random.default_rng(5)
+for bits in (16, 96, 256):
+    db = tie_heavy_codes(rng, 2100, bits)
+    q = np.concatenate([db[:5], rng.integers(0, 256, (4, bits // 8), dtype=np.uint8)])
+    for budget in (None, 200_000):  # one tile, then tiles of ~1,200-2,000 rows (2100 is no multiple)
+        engine = create_engine("torch", device="cpu", path="xor", kernel="triton", memory_budget=budget)
+        engine.fit(db)
+        for k in (1, 8, 2200):
+            D, I = engine.search(q, k)
+            D_ref, I_ref = brute_force_knn(q, db, k)
+            assert (D == D_ref).all() and (I == I_ref).all(), (bits, budget, k)
+        assert engine.kernel == "triton", "the kernel fell back to torch ops"
+print("exact")
+"""
+
+
+def test_triton_kernel_is_exact_under_the_interpreter():
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "exact", done.stderr[-3000:]
+
+
+def test_triton_on_the_cpu_without_the_interpreter_is_refused(monkeypatch):
+    pytest.importorskip("triton")
+    from hashindex.engines import EngineUnavailable
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(EngineUnavailable, match="Triton kernels need a CUDA device"):
+        create_engine("torch", device="cpu", kernel="triton")
+    assert create_engine("torch", device="cpu").kernel == "torch"
