@@ -101,11 +101,16 @@ def engine_unavailable_reason(name: str) -> str | None:
     return reason() if reason is not None else None
 
 
-def create_engine(name: str, **kwargs) -> Engine:
-    """Build an empty engine: ``create_engine("torch", device="cpu")``; then ``fit`` and ``search``."""
+def check_engine(name: str) -> None:
+    """Raise ``ValueError`` if no engine is called ``name``, :class:`EngineUnavailable` if it cannot run here."""
     reason = engine_unavailable_reason(name)
     if reason is not None:
         raise EngineUnavailable(f"engine {name!r} cannot run here: {reason}")
+
+
+def create_engine(name: str, **kwargs) -> Engine:
+    """Build an empty engine: ``create_engine("torch", device="cpu")``; then ``fit`` and ``search``."""
+    check_engine(name)
     return _factory(name)(**kwargs)
 
 
@@ -133,6 +138,7 @@ def check_codes(codes: np.ndarray, code_size: int | None, name: str = "codes") -
 
 
 def check_k(k: int) -> int:
+    """``k`` as an int, or ``ValueError`` unless it is a positive integer (bools refused)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)

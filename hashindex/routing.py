@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import faiss
 import numpy as np
 
-from .engines import (Engine, EngineUnavailable, FaissCpuEngine, FaissGpuEngine, create_engine,
+from .engines import (Engine, FaissCpuEngine, FaissGpuEngine, check_engine, create_engine,
                       engine_unavailable_reason, list_engines)
 
 BATCH_SIZES = (1, 16, 256, 4096)
@@ -61,10 +61,11 @@ class Router:
         self._read: RowReader | None = None
 
     def _set_table(self, table: Mapping[int, str]) -> None:
+        if not table:
+            raise ValueError("routing table is empty")
         unknown = sorted(set(table.values()) - set(self.engines))
-        if unknown or not table:
-            raise ValueError(f"routing table names engines {unknown} that are not among {sorted(self.engines)}"
-                             if unknown else "routing table is empty")
+        if unknown:
+            raise ValueError(f"routing table names engines {unknown} that are not among {sorted(self.engines)}")
         self.table = {int(b): name for b, name in sorted(table.items())}
 
     def attach(self, ntotal: int, read: RowReader) -> None:
@@ -153,9 +154,7 @@ class FlatRouting:
             engine = {1: engine}
         self.fixed = None if engine is None else {int(b): n for b, n in dict(engine).items()}
         for name in (self.fixed or {}).values():
-            reason = engine_unavailable_reason(name)  # raises on an unknown name, with the known ones
-            if reason is not None:
-                raise EngineUnavailable(f"engine {name!r} cannot run here: {reason}")
+            check_engine(name)
         self._off = self.fixed is None and device == "cpu"  # the default: nothing to route
         self._index = None
         self._router: Router | None = None
