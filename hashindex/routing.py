@@ -8,8 +8,10 @@ engine of the largest calibrated size ``<= nq``. The table can be given instead
 was measured, what was chosen) is JSON-able: :class:`~hashindex.HashIndex` records it in
 ``index.metadata["routing"]``.
 
-Calibration stays short: an engine slower than ``max_call_s`` at one size is not timed at the
-larger ones (time per call only grows with the batch). It runs at the ``k`` of the first search.
+Calibration stays short: an engine is not timed at a batch size where its last call took more
+than ``max_call_s``, or where the line through its last two timings predicts more (a CPU scan
+grows linearly with the batch, a GPU call stays flat). Such sizes are absent from its timings.
+It runs at the ``k`` of the first search.
 
 :class:`FlatRouting` is what ``HashIndex`` holds: it routes the searches of a flat index when
 ``device`` is ``"gpu"`` / ``"auto"`` and an engine here runs on a GPU, or when ``engine=`` names
@@ -106,11 +108,13 @@ class Router:
             engine = self._ready(name)
             engine.search(sample[:1], k)  # warm-up: device copies, kernels, caches
             ms[name] = {}
+            timed: list[tuple[int, float]] = []
             for size in self.batch_sizes:
+                if _extrapolate(timed, size) > self.max_call_s:
+                    break
                 best = min(self._time(engine, sample[:size], k) for _ in range(self.repeats))
                 ms[name][str(size)] = round(best * 1e3, 4)
-                if best > self.max_call_s:
-                    break
+                timed.append((size, best))
         table, winner = {}, None
         for size in self.batch_sizes:
             timed = {name: t[str(size)] for name, t in ms.items() if str(size) in t}
@@ -125,6 +129,15 @@ class Router:
         start = self._timer()
         engine.search(queries, k)
         return self._timer() - start
+
+
+def _extrapolate(timed: list[tuple[int, float]], size: int) -> float:
+    """Seconds a call of ``size`` queries should take, on the line through the last two timings
+    (0 with fewer than two; the last timing itself when it already took longer)."""
+    if len(timed) < 2:
+        return timed[-1][1] if timed else 0.0
+    (s0, t0), (s1, t1) = timed[-2:]
+    return max(t1, t1 + (t1 - t0) * (size - s1) / (s1 - s0))
 
 
 def _flat_rows(index: faiss.IndexBinaryFlat) -> RowReader:

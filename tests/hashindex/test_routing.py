@@ -79,13 +79,23 @@ def test_calibration_queries_are_database_rows_repeated_to_the_largest_size(db):
     assert max(gpu.calls) == BATCH_SIZES[-1] > len(db)
 
 
-def test_an_engine_past_max_call_s_is_not_timed_at_larger_sizes(db):
+def test_an_engine_predicted_past_max_call_s_is_not_timed_at_larger_sizes(db):
     clock = Clock()
     router, gpu, cpu = _router(db, clock, max_call_s=0.02)
     router.calibrate(k=8)
-    # cpu: 1 (warm-up), then 1, 16, 256 (25.6 ms > 20 ms: stop), twice each; 4096 never.
-    assert 4096 not in cpu.calls and cpu.calls.count(256) == 2
-    assert "4096" not in router.report["ms_per_call"]["cpu"] and router.table[4096] == "gpu"
+    # cpu: 0.1 ms and 1.6 ms at 1 and 16 queries: the line predicts 25.6 ms > 20 ms at 256.
+    assert sorted(set(cpu.calls)) == [1, 16] and cpu.calls.count(16) == 2
+    assert set(router.report["ms_per_call"]["cpu"]) == {"1", "16"}
+    assert set(router.report["ms_per_call"]["gpu"]) == {"1", "16", "256", "4096"}  # flat: 5 ms + 1 us/query
+    assert router.table == {1: "cpu", 16: "cpu", 256: "gpu", 4096: "gpu"}
+
+
+def test_an_engine_whose_call_took_longer_than_max_call_s_stops_there(db):
+    clock = Clock()
+    router, gpu, cpu = _router(db, clock, max_call_s=0.004)
+    router.calibrate(k=8)
+    assert set(router.report["ms_per_call"]["gpu"]) == {"1"}  # 5 ms > 4 ms at once
+    assert router.table[4096] == router.table[16] == "cpu"  # the only one timed there
 
 
 def test_search_calibrates_once_then_routes_and_is_exact(db, rng):
