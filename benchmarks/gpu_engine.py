@@ -5,10 +5,12 @@
 
 For each database size and each ``k``: median ms per call of 1 / 16 / 256 / 4,096 queries for
 ``torch`` (:class:`hashtorch.TorchEngine`), ``faiss-gpu`` (raw ``GpuIndexBinaryFlat``), ``faiss-cpu``
-(raw ``IndexBinaryFlat``, all threads) and ``routed`` (a :class:`hashindex.routing.Router` over the
-three, calibrated first); ratios to the torch engine; and, on ``--check`` queries per ``k``, whether
-each engine's distances (and ids, ties in row order) equal CPU flat search. An engine slower than
-``--max-call-s`` for one batch size is not timed at larger ones (the JSON says so). Codes are
+(raw ``IndexBinaryFlat``, all threads), ``hashindex-faiss-gpu`` (hashindex's Faiss GPU path, ties
+ordered by row) and ``routed`` (a :class:`hashindex.routing.Router` over torch / Faiss GPU / Faiss
+CPU, calibrated first); ratios to the torch engine and raw / hashindex Faiss GPU; and, on
+``--check`` queries per ``k``, whether each engine's distances (and ids, ties in row order) equal
+CPU flat search. An engine slower than ``--max-call-s`` for one batch size is not timed at larger
+ones (the JSON marks them skipped). Codes are
 clustered (1,000 centres, p = 0.1) up to ``--clustered-up-to`` codes, uniform beyond. The JSON is
 rewritten after every measurement, so an interrupted run keeps what it measured; the plot
 (``OUT.png``: ms per call vs queries per call) is drawn from the JSON at the end.
@@ -34,7 +36,7 @@ from hashindex.gpu import gpu_max_k, gpu_unavailable_reason
 from hashindex.routing import Router
 from hashtorch import TorchEngine
 
-ENGINES = ("torch", "faiss-gpu", "faiss-cpu", "routed")
+ENGINES = ("torch", "faiss-gpu", "faiss-cpu", "routed", "hashindex-faiss-gpu")
 
 
 class RawFaiss:
@@ -107,7 +109,8 @@ def build_engines(db: np.ndarray, args: argparse.Namespace) -> tuple[dict, dict,
         gpu = faiss.GpuIndexBinaryFlat(faiss.StandardGpuResources(), args.bits)
         gpu.add(db)
         built["faiss-gpu"], seconds["faiss-gpu"] = RawFaiss(gpu, gpu_max_k()), time.perf_counter() - start
-        routed["faiss-gpu"] = FaissGpuEngine.over(cpu)
+        # hashindex's own Faiss GPU path: batches, k limit, ties put in row order after the search.
+        built["hashindex-faiss-gpu"] = routed["faiss-gpu"] = FaissGpuEngine.over(cpu)
     start = time.perf_counter()
     engine = TorchEngine(device=args.device, memory_budget=args.memory_budget)
     engine.fit(db)
@@ -159,13 +162,18 @@ def run(args: argparse.Namespace) -> dict:
             timings = entry["ms_per_call"][str(k)] = {}
             for name, searcher in built.items():
                 timings[name] = {}
+                too_slow = None
                 for nq in batch_sizes:
+                    if too_slow is not None:
+                        timings[name][str(nq)] = {"skipped": too_slow}
+                        continue
                     timings[name][str(nq)] = measured = _measure(searcher, queries[:nq], k, args)
                     if name == "torch" and engine.last_plan is not None:
                         measured["plan"] = vars(engine.last_plan)
                     save()
-                    if measured.get("median_ms", 0) > args.max_call_s * 1e3 or "skipped" in measured:
-                        break
+                    too_slow = measured.get("skipped")
+                    if measured.get("median_ms", 0) > args.max_call_s * 1e3:
+                        too_slow = f"{nq} queries took {measured['median_ms']:.0f} ms > --max-call-s"
             entry["ratios"][str(k)] = ratios(timings)
             save()
         if engine.torch_device.type == "cuda":
@@ -192,13 +200,20 @@ def _measure(searcher, queries: np.ndarray, k: int, args: argparse.Namespace) ->
 
 
 def ratios(timings: dict) -> dict:
-    """Per batch size: other engine's ms / torch engine's ms (above 1: the torch engine is faster)."""
-    out = {}
-    for nq, torch_ms in ((nq, t.get("median_ms")) for nq, t in timings.get("torch", {}).items()):
+    """Per batch size: each engine's ms over the torch engine's (above 1: torch is faster), and raw
+    Faiss GPU's ms over hashindex's Faiss GPU path (below 1: ordering ties costs that much)."""
+    out: dict = {}
+
+    def ratio(slower: str, faster: str, nq: str) -> None:
+        a = timings.get(slower, {}).get(nq, {}).get("median_ms")
+        b = timings.get(faster, {}).get(nq, {}).get("median_ms")
+        if a and b:
+            out.setdefault(nq, {})[f"{slower}_over_{faster}"] = round(a / b, 3)
+
+    for nq in timings.get("torch", {}):
         for name in ENGINES[1:]:
-            other = timings.get(name, {}).get(nq, {}).get("median_ms")
-            if torch_ms and other:
-                out.setdefault(nq, {})[f"{name}_over_torch"] = round(other / torch_ms, 3)
+            ratio(name, "torch", nq)
+        ratio("faiss-gpu", "hashindex-faiss-gpu", nq)
     return out
 
 

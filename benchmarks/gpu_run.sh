@@ -23,7 +23,7 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 timeout "${TEST_LIMIT_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/hashtorch tests/hashindex/test_engines.py \
     tests/hashindex/test_routing.py tests/hashindex/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 echo "tests: exit $? (log in $OUT/gpu_tests.txt)"
-timeout "${BENCH_LIMIT_S:-360}" python3 benchmarks/gpu_engine.py "$OUT/gpu_engine.json" --max-call-s 3 "$@" \
+timeout "${BENCH_LIMIT_S:-380}" python3 benchmarks/gpu_engine.py "$OUT/gpu_engine.json" --max-call-s 3 "$@" \
     2>&1 | tee "$OUT/gpu_engine.log"
 echo "benchmark: exit ${PIPESTATUS[0]} (124: time limit reached; $OUT/gpu_engine.json keeps what was measured)"
 [ -f "$OUT/gpu_engine.png" ] || python3 benchmarks/gpu_engine.py "$OUT/gpu_engine.json" --replot

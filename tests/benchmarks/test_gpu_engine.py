@@ -52,3 +52,13 @@ def test_gpu_run_without_the_faiss_bundle_is_one_clear_error(tmp_path):
                           env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "gpu_run.sh: .gpu/faissgpu.tar.xz not found; copy it from ../shared/gpu/ first"
+
+
+def test_batches_after_a_call_slower_than_max_call_s_are_marked_skipped(tmp_path):
+    out = tmp_path / "slow.json"
+    _bench_module().main([str(out), "--sizes", "2e3", "--device", "cpu", "--queries", "1,16", "--ks", "8",
+                          "--max-call-s", "1e-9", "--check", "4"])
+    timings = json.loads(out.read_text())["sizes"][0]["ms_per_call"]["8"]
+    for name in ("torch", "faiss-cpu", "routed"):
+        assert timings[name]["1"]["calls"] == 1 and timings[name]["1"]["includes_warmup"]
+        assert timings[name]["16"]["skipped"].startswith("1 queries took")

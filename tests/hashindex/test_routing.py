@@ -156,7 +156,7 @@ def test_hash_index_routes_flat_searches_on_gpu_or_auto_and_records_the_table(fa
     np.testing.assert_array_equal(D, D_ref)
     np.testing.assert_array_equal(I, I_ref)
     routing = index.metadata["routing"]
-    assert set(routing["ms_per_call"]) == {"faiss-cpu", "fake-gpu"}
+    assert {"faiss-cpu", "fake-gpu"} <= set(routing["ms_per_call"])  # (+ real GPU engines on a GPU machine)
     assert set(routing["table"]) == {str(b) for b in BATCH_SIZES}
     index.add(q[:5])  # the engines follow the index
     D, I = index.search(q[:5], 1)
