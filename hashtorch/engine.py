@@ -11,8 +11,9 @@ to a multiple of 8). A search walks tiles of ``(queries, rows)`` whose working m
   otherwise (both exact: every partial sum is an integer of at most ``bits``).
 
 Selection needs no sort of (distance, row) pairs: distances are small integers, so each tile
-takes the ``k`` smallest of ``distance * tile_rows + local_row`` (int32 when it fits) and the
-running best keeps ``distance * ntotal + row`` in int64. Unique keys make ``topk`` exact and give
+takes the ``k`` smallest of ``distance * tile_rows + local_row`` (built in one pass; twice the
+distance on the matmul path, in int32 when it fits) and the running best keeps
+``distance * ntotal + row`` in int64. Unique keys make ``topk`` exact and give
 ties in row order, as a CPU ``IndexBinaryFlat`` returns them. Any ``k`` works; ``k > ntotal``
 pads with row ``-1`` at :data:`~hashindex.MISSING_DISTANCE`.
 """
@@ -55,8 +56,8 @@ def tile_bytes(path: str, queries: int, rows: int, code_size: int, k: int) -> in
     """Upper bound of the device bytes one tile allocates (working memory, not the resident codes)."""
     bits = code_size * 8
     words = -(-code_size // 8)
-    # per (query, row): xor -> int64 word XOR + int64 temporary + int64 sum + int64 key;
-    # matmul -> int32 dot (or float) + int32 distance + int64 key.
+    # per (query, row): xor -> int64 word XOR + int64 temporary + int64 sum + int64 key (the
+    # Triton kernel writes only the key); matmul -> float dot + int32 dot + int32/int64 key.
     per_pair = 32 if path == "xor" else 16
     # per row: the words copied out; matmul adds the unpacked bytes, int8 signs and a float copy.
     per_row = 8 * words + (bits * 6 if path == "matmul" else 0)
