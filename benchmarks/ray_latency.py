@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "ray_latency.json")
     args = parser.parse_args(argv)
 
-    from hashindex.serve import connect
+    from hashindex.cluster import connect
 
     connect(num_cpus=args.cpus)
     result = {"benchmark": "ray_latency", "args": {k: str(v) if isinstance(v, Path) else v

@@ -38,9 +38,9 @@ from encoders.bilinear import paper_schedule
 from encoders.encode import encode_folder
 from encoders.training import TrainConfig
 from hashindex.datasets import load_digits_images, load_mnist, write_image_folder
-from hashindex.evaluate import evaluate
+from hashapp.evaluate import evaluate
 from hashindex.index import HashIndex
-from hashindex.pipeline import train_encoder
+from hashapp.pipeline import train_encoder
 from hashindex.store import ShardReader
 
 SEEN = (0, 1, 2, 3, 4, 5, 6)

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hashindex._io import fsync_path, write_json_atomic
+from hashindex.durable import fsync_path, write_json_atomic
 from hashindex.store import MANIFEST, SHARD_PATTERN, ShardError, StoreInfo, read_shard_attrs, read_store_info
 
 from .data import list_images
@@ -102,11 +102,11 @@ def encode_folder_ray(
     object (shipped once through the object store). ``chunk_size`` (default ``shard_size``)
     is rounded up to a multiple of ``batch_size`` so every batch holds the same images as in
     a single-process encode, which makes the codes bit-identical. Ray is initialised with
-    :func:`hashindex.serve.connect` (``address`` joins a cluster) unless it already is; every
+    :func:`hashindex.cluster.connect` (``address`` joins a cluster) unless it already is; every
     node must see ``image_dir`` and ``out_dir`` at the same paths.
     """
-    from hashindex.distributed import require_ray
-    from hashindex.serve import connect
+    from hashindex.cluster import require_ray
+    from hashindex.cluster import connect
 
     ray = require_ray()
     started = time.perf_counter()

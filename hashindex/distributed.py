@@ -57,7 +57,8 @@ import faiss
 import h5py
 import numpy as np
 
-from .codes import MISSING_DISTANCE, as_packed_codes
+from .cluster import NAMESPACE, require_ray
+from .codes import MISSING_DISTANCE, as_packed_codes, hamming
 from .index import HashIndex, _pad_ranges
 from .rerank import rerank_euclidean
 from .store import ShardError, StoreInfo, read_shard_attrs, read_store_info
@@ -70,21 +71,12 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     ray = None
     ray_exceptions = None
 
-#: Ray namespace the named actors of :func:`hashindex.serve.serve` live in.
-NAMESPACE = "hashindex"
 #: Queries sent to the actors per round trip (bounds the memory of one fan-out).
 DEFAULT_BATCH_SIZE = 4096
 #: Query batches submitted ahead of the one being merged (search and vote).
 DEFAULT_IN_FLIGHT = 4
 _POOL_CACHE = 8  # coarse pools an actor keeps for the fine round
 _POOLS = ("global", "shard")
-
-
-def require_ray():
-    """The ``ray`` module, or an ImportError saying how to install it."""
-    if ray is None:
-        raise ImportError("distributed search needs Ray: pip install 'hashindex[distributed]'")
-    return ray
 
 
 class ShardUnavailableError(RuntimeError):
@@ -224,7 +216,7 @@ class ShardServer:
             raise ValueError(f"shards {self.files} hold no features; search_rerank needs features")
         E, rows = rerank_euclidean(features, stored, pool, k)
         safe = np.maximum(rows, 0)
-        H = np.bitwise_count(packed[:, None, :] ^ self._codes[safe]).sum(axis=2, dtype=np.int32)
+        H = hamming(packed[:, None, :], self._codes[safe])
         H[rows < 0] = MISSING_DISTANCE
         return len(self.index), E, H, self.index._rows_to_ids(rows), self.index.labels_of_rows(rows)
 

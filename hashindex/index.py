@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -12,9 +11,9 @@ import faiss
 import h5py
 import numpy as np
 
-from ._io import fsync_path, int_column, replace_durably, write_json_atomic
+from .durable import fsync_path, replace_durably, write_json_atomic
 from .autotune import TRAIN_CODES_PER_LIST
-from .codes import MISSING_DISTANCE, as_packed_codes, check_bits
+from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
 from .spec import IndexSpec, apply_search_params, padded_bits, parse_spec

@@ -25,8 +25,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from ._io import TMP_SUFFIX, int_column, replace_durably, write_json_atomic
-from .codes import as_packed_codes, check_bits
+from .durable import TMP_SUFFIX, replace_durably, write_json_atomic
+from .codes import as_packed_codes, check_bits, int_column
 
 FORMAT_NAME = "hashindex-shards"
 FORMAT_VERSION = 1
