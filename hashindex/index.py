@@ -16,7 +16,7 @@ from .autotune import TRAIN_CODES_PER_LIST
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
-from .spec import IndexSpec, apply_search_params, padded_bits, parse_spec
+from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardReader
 from .vote import majority_vote
 
@@ -54,8 +54,7 @@ class HashIndex:
         self.metadata: dict = dict(metadata or {})
         #: Width of the codes inside the Faiss index (``bits`` plus zero padding).
         self.faiss_bits = padded_bits(self.bits) if pad else self.bits
-        if self.spec.kind == "MultiHash" and self.spec.args[0] * self.spec.args[1] > self.bits:
-            self.spec.build(self.bits)  # raises: the tables must fit the caller's width, not the padded one
+        self.spec.check_fits(self.bits)  # the tables must fit the caller's width, not the padded one
         self._auto_request = self.spec if self.spec.kind == "auto" else None
         self._index = (IndexSpec("flat") if self._auto_request else self.spec).build(self.faiss_bits)
         #: Where kNN searches run: ``device`` is "cpu", "gpu" or "auto" (see :mod:`hashindex.gpu`).
@@ -264,7 +263,8 @@ class HashIndex:
 
     def _range_rows(self, packed: np.ndarray, radius: int):
         if not self.spec.supports_range_search:
-            raise ValueError(f"spec {self.spec} has no range search; use flat, IVF or MultiHash, or pass candidates=")
+            kinds = ", ".join(kind.name for kind in KINDS.values() if kind.range_search)
+            raise ValueError(f"spec {self.spec} has no range search; use one of {kinds}, or pass candidates=")
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
         if len(self) == 0:

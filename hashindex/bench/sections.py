@@ -12,7 +12,7 @@ import numpy as np
 from ..autotune import choose_nlist
 from ..datasets import synthetic_codes
 from ..index import HashIndex
-from ..spec import parse_spec
+from ..spec import KINDS, parse_spec
 from ..store import ShardWriter
 from ..timing import time_single, timed
 from .harness import (TARGET_RECALL, WIDTH_QUERIES, BenchConfig, NumpyHamming, SearchFn, distance_recall,
@@ -141,15 +141,16 @@ def _bench_ivf(ctx: Context, add_rows, log, features: np.ndarray | None) -> Hash
     _, add_s = timed(lambda: ivf.add(db, features=features))
     memory = _hashindex_bytes(ivf) - (0 if features is None else features.nbytes)
     log(f"  IVF{nlist}: trained in {train_s:.1f} s on {len(train_rows)} codes, filled in {add_s:.1f} s")
-    _sweep(ctx, add_rows, ivf, "IVF", "nprobe", [p for p in cfg.nprobes if p <= nlist], train_s + add_s, memory,
+    _sweep(ctx, add_rows, ivf, [p for p in cfg.nprobes if p <= nlist], train_s + add_s, memory,
            train_s=train_s)
     return ivf
 
 
-def _sweep(ctx: Context, add_rows, index: HashIndex, kind: str, param: str, values, build_s: float, memory: int,
-           **extra) -> None:
-    """At each value of the search parameter ``param``: ``index`` and the raw Faiss index inside
-    it, timed in alternation, one row each."""
+def _sweep(ctx: Context, add_rows, index: HashIndex, values, build_s: float, memory: int, **extra) -> None:
+    """At each value of the kind's search parameter (from its :data:`~hashindex.spec.KINDS` record):
+    ``index`` and the raw Faiss index inside it, timed in alternation, one row each."""
+    kind = index.spec.kind
+    param = KINDS[kind].params[0]
     for value in values:
         index.set_search_params(**{param: value})
         m = _measure(ctx, {"hashindex": _hashindex_fn(index), "faiss": _faiss_fn(index.faiss_index)})
@@ -165,7 +166,7 @@ def _bench_hnsw(ctx: Context, add_rows, log) -> None:
     _, build = timed(lambda: hnsw.add(db))
     memory = _hashindex_bytes(hnsw)
     log(f"  HNSW{cfg.hnsw_m}: built in {build:.1f} s")
-    _sweep(ctx, add_rows, hnsw, "HNSW", "efSearch", cfg.ef_searches, build, memory)
+    _sweep(ctx, add_rows, hnsw, cfg.ef_searches, build, memory)
     del hnsw
     if not cfg.usearch:
         return
@@ -186,7 +187,7 @@ def _bench_multihash(ctx: Context, add_rows, log) -> None:
     _, build = timed(lambda: mh.add(ctx.database))
     memory = _hashindex_bytes(mh)
     log(f"  MultiHash{nhash}x{cfg.multihash_bits}: built in {build:.1f} s")
-    _sweep(ctx, add_rows, mh, "MultiHash", "nflip", cfg.nflips, build, memory)
+    _sweep(ctx, add_rows, mh, cfg.nflips, build, memory)
 
 
 def _filled(index: HashIndex, db: np.ndarray, **kwargs) -> HashIndex:

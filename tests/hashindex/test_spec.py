@@ -1,11 +1,29 @@
 import numpy as np
 import pytest
 
+import faiss
+
 from hashindex import HashIndex, parse_spec
+from hashindex.spec import KINDS
 from hashindex.testing import brute_force_knn
 
-DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "HNSW16", "HNSW16,efSearch=32",
-                    "MultiHash4x16", "MultiHash2x8,nflip=1"]
+DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "IVF16_HNSW8", "IVF16_HNSW8,nprobe=4", "HNSW16",
+                    "HNSW16,efSearch=32", "MultiHash4x16", "MultiHash2x8,nflip=1", "Hash16", "Hash16,nflip=1"]
+FACTORY_STRINGS = {"BFlat": "flat", "BIVF16": "IVF16", "BIVF16_HNSW8,nprobe=2": "IVF16_HNSW8,nprobe=2",
+                   "BHNSW16": "HNSW16", "BHash4x16": "MultiHash4x16", "BHash16,nflip=1": "Hash16,nflip=1"}
+
+
+def test_every_registered_kind_is_documented_and_tested():
+    assert {parse_spec(spec).kind for spec in DOCUMENTED_SPECS} == set(KINDS)
+    assert {parse_spec(spec).kind for spec in FACTORY_STRINGS} == set(KINDS)
+
+
+@pytest.mark.parametrize("factory", sorted(FACTORY_STRINGS))
+def test_faiss_factory_strings_parse_to_the_canonical_spec(factory):
+    spec = parse_spec(factory)
+    assert str(spec) == FACTORY_STRINGS[factory]
+    head = factory.split(",")[0]
+    assert type(spec.build(64)) is type(faiss.index_binary_factory(64, head))
 
 
 @pytest.mark.parametrize("spec", DOCUMENTED_SPECS)
