@@ -7,6 +7,7 @@ the figures.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -24,8 +25,9 @@ SearchCall = Callable[[np.ndarray, int], object]
 MIN_SAMPLES = 5
 
 
-def environment() -> dict:
-    """Machine, load and library versions, for the results file."""
+def environment(**extra) -> dict:
+    """Machine, load and library versions, for the results file; ``extra`` fields are added
+    (e.g. ``torch_threads``). Versions of torch and Ray are recorded when the caller has them loaded."""
     import h5py
 
     from . import __version__
@@ -38,6 +40,9 @@ def environment() -> dict:
         versions["usearch"] = usearch.__version__
     except ImportError:
         versions["usearch"] = None
+    for name in ("torch", "ray"):  # never imported here: the core stays torch-free
+        if sys.modules.get(name) is not None:
+            versions[name] = getattr(sys.modules[name], "__version__", None)
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,6 +73,7 @@ def environment() -> dict:
         "versions": versions,
         "git_commit": commit,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
     }
 
 
@@ -87,9 +93,45 @@ class Latency:
         return cls(float(np.median(ms)), float(np.percentile(ms, 99)), float(ms.mean()), float(ms.min()), len(ms))
 
 
+def alternate(calls: dict[str, Callable[[int], object]], *, min_repeats: int = 1, max_repeats: int | None = None,
+              budget_s: float = math.inf, min_time_s: float = math.inf, order: str = "fixed",
+              seed: int = 0) -> dict[str, list[float]]:
+    """Wall times (s) of ``calls[name](i)`` for rounds ``i = 0, 1, ...``, every system once per
+    round, so that load from other processes hits them alike.
+
+    ``order``: ``"fixed"``, ``"rotate"`` (each system goes first in turn) or ``"shuffle"``.
+    After ``min_repeats`` rounds, stops once ``budget_s`` has passed or every system has run
+    ``min_time_s`` in total; never runs more than ``max_repeats`` rounds.
+    """
+    if max_repeats is None and budget_s == math.inf and min_time_s == math.inf:
+        raise ValueError("alternate needs max_repeats, budget_s or min_time_s to stop")
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
+    deadline = time.perf_counter() + budget_s
+    i = 0
+    while max_repeats is None or i < max_repeats:
+        if order == "rotate":
+            round_order = names[i % len(names):] + names[: i % len(names)]
+        elif order == "shuffle":
+            round_order = [names[j] for j in rng.permutation(len(names))]
+        else:
+            round_order = names
+        for name in round_order:
+            call = calls[name]
+            t0 = time.perf_counter()
+            call(i)
+            times[name].append(time.perf_counter() - t0)
+        i += 1
+        if i >= min_repeats and (time.perf_counter() > deadline or min(map(sum, times.values())) >= min_time_s):
+            break
+    return times
+
+
 def time_single(fns: dict[str, SearchCall], queries, k: int, budget_s: float, max_samples: int = 300,
                 min_samples: int = MIN_SAMPLES) -> dict[str, Latency]:
-    """One query per call, the systems in ``fns`` in alternation, until ``budget_s`` is spent.
+    """One query per call, the systems in ``fns`` in alternation, until ``budget_s`` is spent
+    (at most ``max_samples`` and at most ``len(queries)`` queries per system).
 
     System ``j`` starts its query sequence ``j / len(fns)`` of the way into ``queries``: had
     two systems searched the same query back to back, the second would find the data the
@@ -97,19 +139,11 @@ def time_single(fns: dict[str, SearchCall], queries, k: int, budget_s: float, ma
     """
     for fn in fns.values():
         fn(queries[0:1], k)  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in fns}
     n = len(queries)
-    offsets = {name: j * n // len(fns) for j, name in enumerate(fns)}
-    deadline = time.perf_counter() + budget_s
-    for i in range(min(max_samples, n)):
-        for name, fn in fns.items():
-            row = (i + offsets[name]) % n
-            q = queries[row : row + 1]
-            t0 = time.perf_counter()
-            fn(q, k)
-            samples[name].append(time.perf_counter() - t0)
-        if i + 1 >= min_samples and time.perf_counter() > deadline:
-            break
+    singles = [queries[row : row + 1] for row in range(n)]  # sliced before timing
+    calls = {name: (lambda i, fn=fn, offset=j * n // len(fns): fn(singles[(i + offset) % n], k))
+             for j, (name, fn) in enumerate(fns.items())}
+    samples = alternate(calls, min_repeats=min_samples, max_repeats=min(max_samples, n), budget_s=budget_s)
     return {name: Latency.from_seconds(s) for name, s in samples.items()}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +9,7 @@ import faiss
 import numpy as np
 
 from ..codes import MISSING_DISTANCE, hamming
+from ..timing import alternate
 
 SearchFn = Callable[[object, int], np.ndarray]
 
@@ -78,19 +78,17 @@ def time_batch(fns: dict[str, SearchFn], queries, k: int, batch: int, budget_s: 
     stall); at least three rounds, the first dropped as warm-up."""
     n = int(min(batch, len(queries), max(MIN_BATCH, budget_s / 3 / max(seconds_per_query * len(fns), 1e-9))))
     q = queries[:n]
-    times: dict[str, list[float]] = {name: [] for name in fns}
     first: dict[str, np.ndarray] = {}
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    names = list(fns)
-    while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
-        for name in names[rounds % len(names):] + names[: rounds % len(names)]:  # each goes first in turn
-            fn = fns[name]
-            t0 = time.perf_counter()
+
+    def call(name: str, fn: SearchFn) -> Callable[[int], None]:
+        def run(i: int) -> None:
             ids = fn(q, k)
-            times[name].append(time.perf_counter() - t0)
-            first.setdefault(name, ids)
-        rounds += 1
+            if i == 0:
+                first[name] = ids
+        return run
+
+    times = alternate({name: call(name, fn) for name, fn in fns.items()}, min_repeats=3, max_repeats=50,
+                      budget_s=budget_s, order="rotate")
     return {name: BatchResult(n / float(np.median(t[1:])), n / min(t[1:]), n, len(t) - 1, first[name])
             for name, t in times.items()}
 
