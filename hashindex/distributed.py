@@ -2,9 +2,9 @@
 
 Each actor (a :class:`ShardServer`) owns a contiguous group of the store's shard files and
 loads them itself from the shared file system (a ``ShardReader`` over its files; nothing is
-shipped through the driver), into a local :class:`~hashindex.HashIndex`. A query batch is put in the object
-store once, every actor searches its group, and the driver merges the per-group top-k into
-the global top-k ordered by ``(distance, id)``.
+shipped through the driver), into a local :class:`~hashindex.HashIndex`. A query batch is
+put in the object store once, every actor searches its group, and the driver merges the
+per-group top-k into the global top-k ordered by ``(distance, id)``.
 
 Equality with one local index over the same store
 -------------------------------------------------
