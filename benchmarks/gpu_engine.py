@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -29,11 +27,12 @@ import faiss
 import numpy as np
 import torch
 
-from hashindex._io import write_json_atomic
+from hashindex.durable import write_json_atomic
 from hashindex.datasets import synthetic_codes
 from hashindex.engines import FaissCpuEngine, FaissGpuEngine
 from hashindex.gpu import gpu_max_k, gpu_unavailable_reason
 from hashindex.routing import Router
+from hashindex.timing import alternate, environment
 from hashtorch import TorchEngine
 
 ENGINES = ("torch", "faiss-gpu", "faiss-cpu", "routed", "hashindex-faiss-gpu")
@@ -79,21 +78,15 @@ def per_call(fn, max_call_s: float, min_time_s: float, max_calls: int = 20) -> d
     first = time.perf_counter() - start
     if first > max_call_s:
         return {"median_ms": first * 1e3, "calls": 1, "includes_warmup": True}
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < min_time_s and len(times) < max_calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = alternate({"call": lambda _: fn()}, min_repeats=3, max_repeats=max_calls, min_time_s=min_time_s)["call"]
     return {"median_ms": float(np.median(times)) * 1e3, "calls": len(times), "includes_warmup": False}
 
 
-def environment(args: argparse.Namespace) -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
-           "numpy": np.__version__, "cpu_count": os.cpu_count(), "faiss_omp_threads": faiss.omp_get_max_threads(),
-           "faiss_gpu": gpu_unavailable_reason() or "available", "torch_device": args.device}
+def gpu_environment(args: argparse.Namespace) -> dict:
+    extra = {"faiss_gpu": gpu_unavailable_reason() or "available", "torch_device": args.device}
     if torch.device(args.device).type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    return env
+        extra["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    return environment(**extra)
 
 
 def build_engines(db: np.ndarray, args: argparse.Namespace) -> tuple[dict, dict, TorchEngine, Router]:
@@ -142,7 +135,7 @@ def exactness(built: dict, queries: np.ndarray, k: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     sizes, batch_sizes, ks = _ints(args.sizes), _ints(args.queries), _ints(args.ks)
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "environment": environment(args), "sizes": []}
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "environment": gpu_environment(args), "sizes": []}
     save = lambda: write_json_atomic(args.out, result)  # noqa: E731 - an interrupted run keeps a whole file
     for size in sizes:
         kind = "clustered" if size <= args.clustered_up_to else "uniform"

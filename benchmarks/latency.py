@@ -12,7 +12,7 @@ code widths) into ``benchmarks/results/`` (``--out`` to change). Same command as
 
 from pathlib import Path
 
-from hashindex.bench import bench_command
+from hashapp.bench import bench_command
 
 if __name__ == "__main__":
     bench_command(prog_name="benchmarks/latency.py",

@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     from encoders.distributed_encode import encode_folder_ray
     from encoders.encode import encode_folder
     from hashindex.datasets import load_digits_images, write_image_folder
-    from hashindex.serve import connect
+    from hashindex.cluster import connect
 
     result = {"benchmark": "ray_encode", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),

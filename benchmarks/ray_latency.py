@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,30 +32,17 @@ import numpy as np
 
 from hashindex import HashIndex, ShardWriter
 from hashindex.datasets import synthetic_codes
+from hashindex.timing import alternate, environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def environment() -> dict:
-    import ray
-
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor(),
-            "cpu_count": os.cpu_count(), "faiss": faiss.__version__, "ray": ray.__version__,
-            "numpy": np.__version__, "load_average": os.getloadavg()}
 
 
 def timed_alternating(fns: dict, min_time: float, min_repeats: int = 3) -> dict[str, dict]:
     """Median / best / p90 wall time of each ``fn()``, the systems called in turn (in a shuffled
     order each round) until each has run ``min_time`` seconds: load from other processes then
     hits every system alike, so their ratios hold even on a busy machine."""
-    rng = np.random.default_rng(0)
-    names = list(fns)
-    times = {name: [] for name in names}
-    while min(len(t) for t in times.values()) < min_repeats or min(sum(t) for t in times.values()) < min_time:
-        for i in rng.permutation(len(names)):
-            t0 = time.perf_counter()
-            fns[names[i]]()
-            times[names[i]].append(time.perf_counter() - t0)
+    times = alternate({name: (lambda i, fn=fn: fn()) for name, fn in fns.items()}, min_repeats=min_repeats,
+                      min_time_s=min_time, order="shuffle")
     out = {}
     for name, t in times.items():
         t.sort()
@@ -124,7 +109,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "ray_latency.json")
     args = parser.parse_args(argv)
 
-    from hashindex.serve import connect
+    from hashindex.cluster import connect
 
     connect(num_cpus=args.cpus)
     result = {"benchmark": "ray_latency", "args": {k: str(v) if isinstance(v, Path) else v

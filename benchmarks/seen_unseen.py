@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,11 +35,12 @@ from encoders import load_encoder
 from encoders.bilinear import paper_schedule
 from encoders.encode import encode_folder
 from encoders.training import TrainConfig
+from hashapp.evaluate import evaluate
+from hashapp.pipeline import train_encoder
 from hashindex.datasets import load_digits_images, load_mnist, write_image_folder
-from hashindex.evaluate import evaluate
 from hashindex.index import HashIndex
-from hashindex.pipeline import train_encoder
 from hashindex.store import ShardReader
+from hashindex.timing import environment
 
 SEEN = (0, 1, 2, 3, 4, 5, 6)
 UNSEEN = (7, 8, 9)
@@ -267,11 +266,6 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment(threads: int) -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "cuda": torch.cuda.is_available()}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["mnist", "digits", "all"], default="all")
@@ -294,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = [run_dataset(d, methods, bits=args.bits, epochs=args.epochs, seed=args.seed,
                            mnist_root=args.mnist_root, progress=args.progress) for d in datasets]
     payload = {"benchmark": "seen_unseen", "args": {k: str(v) for k, v in vars(args).items()},
-               "environment": environment(args.threads), "backbone": f"{BACKBONE} {BACKBONE_KWARGS}",
+               "environment": environment(torch_threads=args.threads), "backbone": f"{BACKBONE} {BACKBONE_KWARGS}",
                "total_s": time.perf_counter() - start, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seen_unseen.json").write_text(json.dumps(payload, indent=2, default=float))

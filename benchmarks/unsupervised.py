@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from encoders import create_encoder
 from hashindex import metrics
 from hashindex.datasets import load_digits_images, load_mnist
 from hashindex.index import HashIndex
+from hashindex.timing import environment
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METHODS = ("lsh", "pcah", "itq", "sh", "sph", "dsh", "gan_hash")
@@ -182,14 +181,6 @@ def render(payload: dict, out_dir: Path) -> None:
     plot_pr_curves(payload, out_dir)
 
 
-def environment(threads: int) -> dict:
-    import faiss
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "faiss": faiss.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": threads}
-
-
 def run(datasets: list[str], methods: list[str], bits_list: list[int], out_dir: Path, *, seed: int = 0,
         threads: int | None = None, mnist_root: str | None = None, limit: int | None = None,
         n_queries: int | None = None, gan_epochs: int | None = None, echo=print) -> dict:
@@ -205,7 +196,7 @@ def run(datasets: list[str], methods: list[str], bits_list: list[int], out_dir: 
     payload = {"benchmark": "unsupervised",
                "args": {"datasets": datasets, "methods": methods, "bits": bits_list, "seed": seed, "limit": limit,
                         "n_queries": n_queries, "gan_epochs": gan_epochs},
-               "environment": environment(torch.get_num_threads()), "total_s": time.perf_counter() - start,
+               "environment": environment(torch_threads=torch.get_num_threads()), "total_s": time.perf_counter() - start,
                "results": results}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "unsupervised.json").write_text(json.dumps(payload, indent=1))

@@ -10,11 +10,13 @@ caller happened to import.
 from . import backbones  # noqa: F401  (registers backbones)
 from . import bilinear, dlbhc, hashnet  # noqa: F401  (registers the supervised encoders)
 from . import classical, gan_hash  # noqa: F401  (unsupervised encoders, fitted on features)
-from .base import HashModel, HashOutput
+from .base import Backbone, ConvBackbone, HashModel, HashOutput
 from .checkpoint import load_encoder, save_encoder
 from .registry import create_backbone, create_encoder, list_backbones, list_encoders, register_backbone, register_encoder
 
 __all__ = [
+    "Backbone",
+    "ConvBackbone",
     "HashModel",
     "HashOutput",
     "create_backbone",

@@ -6,13 +6,39 @@ code in [0, 1] or [-1, 1]), mirroring timm's ``forward_features`` / ``forward_he
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from hashindex.codes import pack_bits
+
+if TYPE_CHECKING:
+    from .training import Stage
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What a registered backbone builder returns: an ``nn.Module`` mapping images
+    ``(n, 3, h, w)`` to F7 features ``(n, feature_dim)``."""
+
+    feature_dim: int
+    #: ``{"input_size": (3, h, w), "mean": (r, g, b), "std": (r, g, b)}``, read by the image transforms.
+    input_cfg: dict
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ConvBackbone(Backbone, Protocol):
+    """A backbone with a convolutional map before its pooling (what Bilinear-HashNet pools)."""
+
+    map_channels: int
+
+    def conv_trunk(self) -> nn.Module:
+        """Images -> the last conv map ``(n, map_channels, h', w')``, before pooling."""
+        ...
 
 
 class HashOutput(NamedTuple):
@@ -29,7 +55,7 @@ class HashModel(nn.Module):
 
     method: str = ""
 
-    def __init__(self, net: nn.Module, bits: int, num_classes: int | None = None, **config) -> None:
+    def __init__(self, net: Backbone, bits: int, num_classes: int | None = None, **config) -> None:
         super().__init__()
         if bits <= 0 or bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
@@ -69,6 +95,17 @@ class HashModel(nn.Module):
 
     def on_train_step(self, step: int) -> None:
         """Hook called before every optimisation step (e.g. HashNet's beta continuation)."""
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """Named parts a training stage can select (each parameter in exactly one): by default
+        ``backbone`` and ``head`` (every other child module)."""
+        head = [m for name, m in self.named_children() if name != "backbone"]
+        return {"backbone": [self.backbone], "head": head}
+
+    def default_stages(self, epochs: int) -> "list[Stage] | None":
+        """The method's own training schedule for ``epochs``; None: one stage with the
+        :class:`~encoders.training.TrainConfig` settings."""
+        return None
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

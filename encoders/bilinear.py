@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import HashModel, HashOutput
+from .base import ConvBackbone, HashModel, HashOutput
 from .hashnet import DEFAULT_GAMMA, DEFAULT_POWER, DEFAULT_STEP_SIZE, HashLayer
 from .losses import ClassificationLoss
 from .registry import create_backbone, register_encoder
@@ -195,7 +195,7 @@ def bilinear_hashnet(backbone: str = "vgg16", bits: int = 64, num_classes: int =
     if backbone.startswith("vgg") and "input_size" not in backbone_kwargs:
         backbone_kwargs["input_size"] = VGG_BILINEAR_INPUT
     net = create_backbone(backbone, **backbone_kwargs)
-    if not hasattr(net, "conv_trunk"):
+    if not isinstance(net, ConvBackbone):
         raise ValueError(f"backbone {backbone!r} has no convolutional map to pool; Bilinear-HashNet needs one of "
                          "small_cnn, alexnet, vgg16, vgg19, efficientnet_lite0")
     return BilinearHashNet(net.conv_trunk(), net.map_channels, net.input_cfg, bits, num_classes, pooling=pooling,

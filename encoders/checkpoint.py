@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hashindex._io import TMP_SUFFIX, replace_durably
+from hashindex.durable import TMP_SUFFIX, replace_durably
 
 from .registry import create_encoder
 

@@ -39,8 +39,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hashindex._io import fsync_path, write_json_atomic
-from hashindex.store import MANIFEST, SHARD_PATTERN, ShardError, StoreInfo, read_shard_attrs, read_store_info
+from hashindex.durable import write_json_atomic
+from hashindex.store import (MANIFEST, ShardError, ShardReader, StoreInfo, merge_store, read_store_info,
+                             write_store_info)
 
 from .data import list_images
 from .encode import SKIPPED_REPORT, encode_folder
@@ -102,11 +103,11 @@ def encode_folder_ray(
     object (shipped once through the object store). ``chunk_size`` (default ``shard_size``)
     is rounded up to a multiple of ``batch_size`` so every batch holds the same images as in
     a single-process encode, which makes the codes bit-identical. Ray is initialised with
-    :func:`hashindex.serve.connect` (``address`` joins a cluster) unless it already is; every
+    :func:`hashindex.cluster.connect` (``address`` joins a cluster) unless it already is; every
     node must see ``image_dir`` and ``out_dir`` at the same paths.
     """
-    from hashindex.distributed import require_ray
-    from hashindex.serve import connect
+    from hashindex.cluster import require_ray
+    from hashindex.cluster import connect
 
     ray = require_ray()
     started = time.perf_counter()
@@ -234,13 +235,7 @@ def _read_skipped(store_dir: Path) -> list[dict]:
 
 
 def _stored_ids(store_dir: Path) -> set[int]:
-    import h5py
-
-    ids: set[int] = set()
-    for entry in read_store_info(store_dir).shards:
-        with h5py.File(store_dir / entry["file"], "r") as f:
-            ids.update(int(i) for i in f["ids"][()])
-    return ids
+    return set(ShardReader(store_dir).read(["ids"])["ids"].tolist())
 
 
 # ---------------------------------------------------------------------------- driver side
@@ -252,7 +247,7 @@ def _prepare(out_dir: Path, work: Path, plan: dict, class_names: list[str], resu
         state = {"merged_chunks": 0, "num_chunks": plan["num_chunks"], "chunk_size": plan["chunk_size"]}
         info = StoreInfo(bits=plan["bits"], feature_dim=plan["feature_dim"], feature_dtype=plan["feature_dtype"],
                          class_names=list(class_names), metadata={"ray_encode": state})
-        write_json_atomic(manifest, info.to_json())
+        write_store_info(out_dir, info)
         write_json_atomic(plan_file, plan)
         return 0
     if not resume:
@@ -285,29 +280,15 @@ def _merge_ready(out_dir: Path, work: Path, merged: int, num_chunks: int) -> int
 
 
 def _merge_chunk(out_dir: Path, chunk_dir: Path, chunk: int) -> None:
-    """Rename a chunk's shards to the next part numbers of the store, then rewrite the manifest.
-
-    Idempotent: after a crash between renames and the manifest write, the renamed files are
-    recognised (same record count and first id) and the chunk's merge completes.
-    """
-    info = read_store_info(out_dir)
-    sub = read_store_info(chunk_dir)
-    if not info.metadata.get("image_root") and sub.metadata:
-        info.metadata = {**sub.metadata, "ray_encode": info.metadata["ray_encode"]}
-    base = len(info.shards)
-    for j, entry in enumerate(sub.shards):
-        src, dst = chunk_dir / entry["file"], out_dir / SHARD_PATTERN.format(base + j)
-        if src.exists():
-            os.replace(src, dst)
-        else:
-            attrs = read_shard_attrs(dst, bits=info.bits) if dst.exists() else None
-            if attrs is None or (attrs["count"], attrs["first_id"]) != (entry["count"], entry["first_id"]):
-                raise ShardError(f"{src}: missing, and {dst} is not its merged copy; chunk {chunk} must be "
-                                 f"re-encoded (delete {chunk_dir} and resume)")
-        info.shards.append({**entry, "file": dst.name})
-    fsync_path(out_dir)
-    info.metadata["ray_encode"]["merged_chunks"] = chunk + 1
-    write_json_atomic(out_dir / MANIFEST, info.to_json())
+    """Merge a chunk's store into the final one (:func:`hashindex.store.merge_store`, idempotent),
+    recording in the same manifest write that the chunk is merged."""
+    metadata = read_store_info(out_dir).metadata
+    chunk_metadata = read_store_info(chunk_dir).metadata
+    if not metadata.get("image_root") and chunk_metadata:
+        metadata = {**chunk_metadata, "ray_encode": metadata["ray_encode"]}
+    metadata["ray_encode"]["merged_chunks"] = chunk + 1
+    merge_store(out_dir, chunk_dir, metadata,
+                hint=f"; chunk {chunk} must be re-encoded (delete {chunk_dir} and resume)")
 
 
 def _finish(out_dir: Path, work: Path, num_chunks: int) -> list[dict]:
@@ -327,7 +308,7 @@ def _finish(out_dir: Path, work: Path, num_chunks: int) -> list[dict]:
     elif report.exists():
         report.unlink()
     state["finished"] = True
-    write_json_atomic(out_dir / MANIFEST, info.to_json())
+    write_store_info(out_dir, info)
     shutil.rmtree(work, ignore_errors=True)
     return skipped
 

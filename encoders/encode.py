@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from hashindex._io import replace_durably
+from hashindex.durable import replace_durably
 from hashindex.store import ShardWriter
 
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images

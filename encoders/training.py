@@ -123,10 +123,8 @@ def resolve_stages(model, config: TrainConfig) -> list[Stage]:
     """The stages to run, with every ``None`` hyper-parameter filled from ``config``."""
     if config.stages:
         stages = list(config.stages)
-    elif hasattr(model, "default_stages"):
-        stages = list(model.default_stages(config.epochs))
     else:
-        stages = [Stage(epochs=config.epochs)]
+        stages = list(model.default_stages(config.epochs) or [Stage(epochs=config.epochs)])
     resolved = []
     for i, s in enumerate(stages):
         if s.epochs < 0:
@@ -145,13 +143,9 @@ def resolve_stages(model, config: TrainConfig) -> list[Stage]:
 
 
 def module_groups(model) -> dict[str, list[nn.Module]]:
-    """The model's named parts (``model.module_groups()``), by default ``backbone`` and
-    ``head`` (every other child module). Each parameter must belong to exactly one part."""
-    if hasattr(model, "module_groups"):
-        groups = model.module_groups()
-    else:
-        head = [m for name, m in model.named_children() if name != "backbone"]
-        groups = {"backbone": [model.backbone], "head": head}
+    """The model's named parts (:meth:`HashModel.module_groups`), checked: each parameter
+    must belong to exactly one part."""
+    groups = model.module_groups()
     owner: dict[int, str] = {}
     for name, modules in groups.items():
         for module in modules:

@@ -1,7 +1,7 @@
 """The image-folder route of the unsupervised methods (classical baselines, GAN hashing).
 
 ``hashindex train IMAGE_DIR --method itq --backbone pixels`` lands here through
-:func:`hashindex.pipeline.train_encoder`: the folder may have class sub-folders or hold
+:func:`hashapp.pipeline.train_encoder`: the folder may have class sub-folders or hold
 its images directly, labels are never read. The backbone is frozen; its F7 features of
 every training image are extracted once, the hasher is fitted on them, and the result is
 saved as a :class:`~encoders.feature_hashing.FeatureHashModel` that encodes, indexes and

@@ -42,6 +42,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from .spec import IndexSpec
+from .timing import time_single
+
 #: Defaults of the request parameters.
 DEFAULT_RECALL = 0.95
 DEFAULT_K = 8
@@ -56,27 +59,6 @@ TUNING_QUERIES = 500
 RECALL_MARGIN = 0.005
 #: Single-query latency of each candidate is the median over this many queries.
 LATENCY_QUERIES = 30
-
-_PARAM_TYPES = {"recall": float, "k": int, "latency_ms": float, "memory_mb": float}
-AUTO_GRAMMAR = "auto[,recall=<0..1>][,k=<int>][,latency_ms=<float>][,memory_mb=<float>]"
-
-
-def parse_auto_params(spec: str, tokens: list[str]) -> dict:
-    """Parse the ``name=value`` tokens after ``auto``; errors name the valid parameters."""
-    params: dict = {}
-    for token in tokens:
-        name, sep, raw = token.partition("=")
-        kind = _PARAM_TYPES.get(name)
-        try:
-            value = kind(raw) if sep and kind else None
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value <= 0 or (name == "recall" and value > 1):
-            raise ValueError(f"index spec {spec!r}: bad parameter {token!r}; {AUTO_GRAMMAR} "
-                             "(recall in (0, 1], the others positive)")
-        params[name] = value
-    return params
-
 
 @dataclass(frozen=True)
 class AutoRequest:
@@ -96,7 +78,7 @@ class AutoRequest:
 class AutoChoice:
     """The resolved spec, its Faiss index already holding the codes, and what was measured."""
 
-    spec: "IndexSpec"  # noqa: F821 (imported lazily: spec.py imports this module)
+    spec: IndexSpec
     index: faiss.IndexBinary
     report: dict
 
@@ -118,8 +100,6 @@ def build_auto(codes: np.ndarray, bits: int, params: dict, *, compare_latency: b
     ``compare_latency=False`` skips step 3 (keeps the IVF even if flat measured faster),
     which makes the choice independent of timing noise.
     """
-    from .spec import IndexSpec
-
     request = AutoRequest.from_params(params)
     n, code_size = codes.shape
     rng = np.random.default_rng(seed)
@@ -172,10 +152,7 @@ def build_auto(codes: np.ndarray, bits: int, params: dict, *, compare_latency: b
 
 
 def _build_ivf(codes: np.ndarray, bits: int, nlist: int, rng: np.random.Generator) -> faiss.IndexBinaryIVF:
-    quantizer = faiss.IndexBinaryFlat(bits)
-    ivf = faiss.IndexBinaryIVF(quantizer, bits, nlist)
-    ivf.own_fields = True
-    quantizer.this.disown()
+    ivf = IndexSpec("IVF", (nlist,)).build(bits)
     n_train = min(len(codes), TRAIN_CODES_PER_LIST * nlist)
     train_rows = np.sort(rng.choice(len(codes), size=n_train, replace=False))
     ivf.train(codes[train_rows])
@@ -233,10 +210,5 @@ def tune_nprobe(ivf: faiss.IndexBinaryIVF, queries: np.ndarray, query_rows: np.n
 
 def _median_single_ms(index: faiss.IndexBinary, queries: np.ndarray) -> float:
     """Median wall time of one-query searches (k = 8), in milliseconds."""
-    index.search(queries[:1], 8)  # warm-up
-    times = []
-    for row in range(len(queries)):
-        t0 = time.perf_counter()
-        index.search(queries[row : row + 1], 8)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    latency = time_single({"index": index.search}, queries, 8, budget_s=math.inf, max_samples=len(queries))
+    return latency["index"].median_ms

@@ -73,3 +73,21 @@ def _unpacked_to_bool(arr: np.ndarray, name: str, expected: str) -> np.ndarray:
         return arr > 0
     shown = ", ".join(str(v) for v in values[:5])
     raise ValueError(f"{name}: unpacked codes must hold only 0/1 or -1/+1, found values {shown}; {expected}")
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between packed codes along the last axis, numpy broadcasting the rest
+    (``hamming(q[:, None], db[None])`` is the ``(nq, nb)`` matrix), as int32."""
+    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
+
+
+def int_column(values, n: int, name: str, default: int | None = None) -> np.ndarray:
+    """Validate a length-``n`` integer column (or fill it with ``default``) as int64."""
+    if values is None:
+        return np.full(n, default, dtype=np.int64)
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name}: expected integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)

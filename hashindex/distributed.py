@@ -1,10 +1,10 @@
 """``ShardedHashIndex``: one shard store searched by many Ray actors as if it were one HashIndex.
 
 Each actor (a :class:`ShardServer`) owns a contiguous group of the store's shard files and
-loads them itself from the shared file system (``h5py``; nothing is shipped through the
-driver), into a local :class:`~hashindex.HashIndex`. A query batch is put in the object
-store once, every actor searches its group, and the driver merges the per-group top-k into
-the global top-k ordered by ``(distance, id)``.
+loads them itself from the shared file system (a ``ShardReader`` over its files; nothing is
+shipped through the driver), into a local :class:`~hashindex.HashIndex`. A query batch is
+put in the object store once, every actor searches its group, and the driver merges the
+per-group top-k into the global top-k ordered by ``(distance, id)``.
 
 Equality with one local index over the same store
 -------------------------------------------------
@@ -54,13 +54,13 @@ from pathlib import Path
 from typing import Sequence
 
 import faiss
-import h5py
 import numpy as np
 
-from .codes import MISSING_DISTANCE, as_packed_codes
-from .index import HashIndex, _pad_ranges
+from .cluster import NAMESPACE, require_ray
+from .codes import MISSING_DISTANCE, hamming
+from .index import HashIndex, check_candidates, check_queries, check_query_features, range_pool
 from .rerank import rerank_euclidean
-from .store import ShardError, StoreInfo, read_shard_attrs, read_store_info
+from .store import ShardError, ShardReader, StoreInfo, read_store_info
 from .vote import majority_vote
 
 try:  # Ray is the optional `hashindex[distributed]` extra
@@ -70,21 +70,12 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     ray = None
     ray_exceptions = None
 
-#: Ray namespace the named actors of :func:`hashindex.serve.serve` live in.
-NAMESPACE = "hashindex"
 #: Queries sent to the actors per round trip (bounds the memory of one fan-out).
 DEFAULT_BATCH_SIZE = 4096
 #: Query batches submitted ahead of the one being merged (search and vote).
 DEFAULT_IN_FLIGHT = 4
 _POOL_CACHE = 8  # coarse pools an actor keeps for the fine round
 _POOLS = ("global", "shard")
-
-
-def require_ray():
-    """The ``ray`` module, or an ImportError saying how to install it."""
-    if ray is None:
-        raise ImportError("distributed search needs Ray: pip install 'hashindex[distributed]'")
-    return ray
 
 
 class ShardUnavailableError(RuntimeError):
@@ -149,36 +140,12 @@ class ShardServer:
         self.directory = Path(directory)
         self.files = list(files)
         self.group, self.num_groups = group, num_groups
-        info = read_store_info(self.directory)
-        listed = {s["file"]: s for s in info.shards}
-        entries = []
-        for name in self.files:
-            entry, path = listed.get(name), self.directory / name
-            if entry is None:
-                raise ShardError(f"{path}: not listed in the store's manifest")
-            attrs = read_shard_attrs(path, bits=info.bits)
-            if (attrs["count"], attrs["first_id"]) != (entry["count"], entry["first_id"]):
-                raise ShardError(f"{path}: holds {attrs['count']} records from id {attrs['first_id']}, "
-                                 f"manifest says {entry['count']} from id {entry['first_id']}")
-            entries.append(entry)
+        reader = ShardReader(self.directory, files=self.files)
+        info = reader.info
         #: Records the manifest lists for this group; every reply carries ``len(index)`` to compare.
-        self.expected = sum(e["count"] for e in entries)
-        # Preallocated and filled shard by shard (as ShardReader.read does): peak memory is
-        # the group's data once, not twice.
-        data = {"codes": np.empty((self.expected, info.bits // 8), np.uint8),
-                "labels": np.empty(self.expected, np.int64), "ids": np.empty(self.expected, np.int64)}
-        if features and info.feature_dim is not None:
-            data["features"] = np.empty((self.expected, info.feature_dim), info.feature_dtype)
-        offset = 0
-        for entry in entries:
-            path = self.directory / entry["file"]
-            try:
-                with h5py.File(path, "r") as f:
-                    for field, out in data.items():
-                        f[field].read_direct(out, dest_sel=np.s_[offset : offset + entry["count"]])
-            except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... on a damaged file
-                raise ShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from exc
-            offset += entry["count"]
+        self.expected = len(reader)
+        fields = ["codes", "labels", "ids"] + (["features"] if features and info.feature_dim is not None else [])
+        data = reader.read(fields)
         self.index = HashIndex(info.bits, spec, class_names=info.class_names, device=device)
         self.index.add(data["codes"], labels=data["labels"], features=data.get("features"), ids=data["ids"])
         # Codes are kept beside the Faiss index only for the rerank's Hamming tie-break.
@@ -193,30 +160,30 @@ class ShardServer:
                 "host": socket.gethostname()}
 
     def search(self, packed: np.ndarray, k: int):
-        D, rows = self.index._search_rows(packed, k)
-        return len(self.index), D, self.index._rows_to_ids(rows), self.index.labels_of_rows(rows)
+        D, rows = self.index.search_rows(packed, k)
+        return len(self.index), D, self.index.rows_to_ids(rows), self.index.labels_of_rows(rows)
 
     def coarse(self, packed: np.ndarray, candidates: int, token: str):
         """Round 1 of the global-pool rerank: this group's ``candidates`` nearest (distance, id)."""
-        D, rows = self.index._search_rows(packed, candidates)
+        D, rows = self.index.search_rows(packed, candidates)
         self._pools[token] = (D, rows)
         while len(self._pools) > _POOL_CACHE:
             self._pools.popitem(last=False)
-        return len(self.index), D, self.index._rows_to_ids(rows)
+        return len(self.index), D, self.index.rows_to_ids(rows)
 
     def rerank(self, packed: np.ndarray, features: np.ndarray, k: int, candidates: int, token: str | None,
                bound_D: np.ndarray | None, bound_I: np.ndarray | None):
         """Round 2: rerank this group's codes at or below the global pool's bound (no bound: its own pool)."""
         cached = self._pools.pop(token, None) if token else None
-        D, rows = cached if cached is not None else self.index._search_rows(packed, candidates)
+        D, rows = cached if cached is not None else self.index.search_rows(packed, candidates)
         if bound_D is not None:
-            ids = self.index._rows_to_ids(rows)
+            ids = self.index.rows_to_ids(rows)
             bD, bI = bound_D[:, None], bound_I[:, None]
             rows = np.where((rows >= 0) & ((D < bD) | ((D == bD) & (ids <= bI))), rows, -1)
         return self._rerank_rows(packed, features, rows, k)
 
     def rerank_radius(self, packed: np.ndarray, features: np.ndarray, k: int, radius: int):
-        return self._rerank_rows(packed, features, _pad_ranges(*self.index._range_rows(packed, radius)), k)
+        return self._rerank_rows(packed, features, range_pool(*self.index.range_search_rows(packed, radius)), k)
 
     def _rerank_rows(self, packed, features, pool, k):
         stored = self.index.features
@@ -224,9 +191,9 @@ class ShardServer:
             raise ValueError(f"shards {self.files} hold no features; search_rerank needs features")
         E, rows = rerank_euclidean(features, stored, pool, k)
         safe = np.maximum(rows, 0)
-        H = np.bitwise_count(packed[:, None, :] ^ self._codes[safe]).sum(axis=2, dtype=np.int32)
+        H = hamming(packed[:, None, :], self._codes[safe])
         H[rows < 0] = MISSING_DISTANCE
-        return len(self.index), E, H, self.index._rows_to_ids(rows), self.index.labels_of_rows(rows)
+        return len(self.index), E, H, self.index.rows_to_ids(rows), self.index.labels_of_rows(rows)
 
 
 # ---------------------------------------------------------------------------- driver side
@@ -414,14 +381,9 @@ class ShardedHashIndex:
             raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
         if self.feature_dim is None:
             raise ValueError("the served shards hold no features; search_rerank needs features")
-        q = np.asarray(features)
-        if q.shape != (len(packed), self.feature_dim):
-            raise ValueError(f"query features: expected shape ({len(packed)}, {self.feature_dim}), got {q.shape}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError("query features contain NaN or infinite values")
-        if radius is None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
-                               or candidates <= 0):
-            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        q = check_query_features(features, len(packed), self.feature_dim)
+        if radius is None:
+            candidates = check_candidates(candidates)
         out = [], [], []
         for start, stop, q_ref in self._batches(packed):
             f_ref = ray.put(np.ascontiguousarray(q[start:stop]))
@@ -444,11 +406,10 @@ class ShardedHashIndex:
 
     # ------------------------------------------------------------------ plumbing
     def _check_queries(self, codes, k) -> np.ndarray:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        packed = check_queries(codes, k, self.bits)
         if not self._actors:
             raise ShardUnavailableError("this ShardedHashIndex was shut down")
-        return as_packed_codes(codes, self.bits, name="query codes")
+        return packed
 
     def _batches(self, packed: np.ndarray):
         """``(start, stop, ObjectRef)`` per query batch: each batch is put in the object store once."""

@@ -97,7 +97,8 @@ def gpu_kind(index: faiss.IndexBinary) -> str | None:
     """``"flat"`` or ``"ivf"`` for the index types with a GPU path, ``None`` for the others."""
     if isinstance(index, faiss.IndexBinaryFlat):
         return "flat"
-    if isinstance(index, faiss.IndexBinaryIVF):
+    if isinstance(index, faiss.IndexBinaryIVF) and isinstance(faiss.downcast_IndexBinary(index.quantizer),
+                                                                faiss.IndexBinaryFlat):
         return "ivf"
     return None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -12,13 +11,13 @@ import faiss
 import h5py
 import numpy as np
 
-from ._io import fsync_path, int_column, replace_durably, write_json_atomic
+from .durable import fsync_path, replace_durably, write_json_atomic
 from .autotune import TRAIN_CODES_PER_LIST
-from .codes import MISSING_DISTANCE, as_packed_codes, check_bits
+from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
 from .routing import FlatRouting
-from .spec import IndexSpec, apply_search_params, padded_bits, parse_spec
+from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardReader
 from .vote import majority_vote
 
@@ -57,8 +56,7 @@ class HashIndex:
         self.metadata: dict = dict(metadata or {})
         #: Width of the codes inside the Faiss index (``bits`` plus zero padding).
         self.faiss_bits = padded_bits(self.bits) if pad else self.bits
-        if self.spec.kind == "MultiHash" and self.spec.args[0] * self.spec.args[1] > self.bits:
-            self.spec.build(self.bits)  # raises: the tables must fit the caller's width, not the padded one
+        self.spec.check_fits(self.bits)  # the tables must fit the caller's width, not the padded one
         self._auto_request = self.spec if self.spec.kind == "auto" else None
         self._index = (IndexSpec("flat") if self._auto_request else self.spec).build(self.faiss_bits)
         #: Where kNN searches run: ``device`` is "cpu", "gpu" or "auto" (see :mod:`hashindex.gpu`).
@@ -229,13 +227,9 @@ class HashIndex:
         return index
 
     # ------------------------------------------------------------------ search
-    def _check_queries(self, codes, k: int) -> np.ndarray:
-        if not (type(k) is int or isinstance(k, np.integer)) or k <= 0:  # type(): bools are refused
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        return as_packed_codes(codes, self.bits, name="query codes")
-
-    def _search_rows(self, packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming kNN returning Faiss rows (not ids); padding normalised to -1 / MISSING_DISTANCE."""
+    def search_rows(self, packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row-level kNN for validated packed ``bits``-bit queries (see :func:`check_queries`):
+        ``(D, rows)``, rows of this index (not ids), missing slots ``-1`` / ``MISSING_DISTANCE``."""
         k = int(k)  # Faiss's SWIG wrapper rejects numpy integers
         if len(self) == 0 or len(packed) == 0:
             return (np.full((len(packed), k), MISSING_DISTANCE, dtype=np.int32),
@@ -252,7 +246,8 @@ class HashIndex:
             D[rows < 0] = MISSING_DISTANCE
         return D, rows
 
-    def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
+    def rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The ids stored at ``rows`` (``-1`` stays ``-1``)."""
         if self._ids_are_rows:
             return rows
         return np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
@@ -262,21 +257,23 @@ class HashIndex:
 
         Slots beyond the available neighbours hold id ``-1`` and distance ``MISSING_DISTANCE``.
         """
-        D, rows = self._search_rows(self._check_queries(codes, k), k)
-        return D, self._rows_to_ids(rows)
+        D, rows = self.search_rows(check_queries(codes, k, self.bits), k)
+        return D, self.rows_to_ids(rows)
 
     def range_search(self, codes, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored code within Hamming distance ``radius`` (inclusive) of each query.
 
         Returns Faiss's ``(lims, D, I)``: the results of query ``i`` are ``D[lims[i]:lims[i+1]]``.
         """
-        packed = self._check_queries(codes, 1)
-        lims, D, rows = self._range_rows(packed, radius)
-        return lims, D, self._rows_to_ids(rows)
+        packed = check_queries(codes, 1, self.bits)
+        lims, D, rows = self.range_search_rows(packed, radius)
+        return lims, D, self.rows_to_ids(rows)
 
-    def _range_rows(self, packed: np.ndarray, radius: int):
+    def range_search_rows(self, packed: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row-level :meth:`range_search` for validated packed queries: ``(lims, D, rows)``."""
         if not self.spec.supports_range_search:
-            raise ValueError(f"spec {self.spec} has no range search; use flat, IVF or MultiHash, or pass candidates=")
+            kinds = ", ".join(kind.name for kind in KINDS.values() if kind.range_search)
+            raise ValueError(f"spec {self.spec} has no range search; use one of {kinds}, or pass candidates=")
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
         if len(self) == 0:
@@ -292,28 +289,19 @@ class HashIndex:
         that Hamming radius. Returns float32 Euclidean distances and int64 ids, ``(nq, k)``,
         padded with ``inf`` / ``-1`` when a pool holds fewer than ``k``.
         """
-        packed = self._check_queries(codes, k)
+        packed = check_queries(codes, k, self.bits)
         D, rows = self._rerank_rows(packed, features, k, candidates, radius)
-        return D, self._rows_to_ids(rows)
+        return D, self.rows_to_ids(rows)
 
     def _rerank_rows(self, packed, features, k, candidates, radius):
         stored = self.features
         if stored is None and len(self):
             raise ValueError("this index holds no features; add codes with features=... to use search_rerank")
-        dim = None if stored is None else stored.shape[1]
-        q = np.asarray(features)
-        if q.ndim != 2 or q.shape[0] != len(packed) or (dim is not None and q.shape[1] != dim):
-            raise ValueError(f"query features: expected shape ({len(packed)}, {'d' if dim is None else dim}), "
-                             f"got {q.shape}")
-        _check_real(q, "query features")
-        if not np.all(np.isfinite(q)):
-            raise ValueError("query features contain NaN or infinite values")
+        q = check_query_features(features, len(packed), None if stored is None else stored.shape[1])
         if radius is not None:
-            pool = _pad_ranges(*self._range_rows(packed, radius))
+            pool = range_pool(*self.range_search_rows(packed, radius))
         else:
-            if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates <= 0:
-                raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
-            pool = self._search_rows(packed, int(candidates))[1]
+            pool = self.search_rows(packed, check_candidates(candidates))[1]
         if stored is None:  # an empty index: nothing to rerank, every slot is padding
             return np.full((len(packed), k), np.inf, np.float32), np.full((len(packed), k), -1, np.int64)
         return rerank_euclidean(q, stored, pool, k)
@@ -324,14 +312,15 @@ class HashIndex:
 
         With ``features`` the neighbours come from :meth:`search_rerank` instead of Hamming kNN.
         """
-        packed = self._check_queries(codes, k)
+        packed = check_queries(codes, k, self.bits)
         if features is None:
-            rows = self._search_rows(packed, k)[1]
+            rows = self.search_rows(packed, k)[1]
         else:
             rows = self._rerank_rows(packed, features, k, candidates, radius)[1]
         return majority_vote(self.labels_of_rows(rows))
 
     def labels_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Labels stored at ``rows`` (``-1`` for row ``-1``)."""
         return np.where(rows >= 0, self._labels[np.maximum(rows, 0)] if len(self._labels) else -1, -1)
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
@@ -419,12 +408,37 @@ class HashIndex:
         return index
 
 
+def check_queries(codes, k: int, bits: int) -> np.ndarray:
+    """Validate ``k`` and query codes (packed or 0/1 / ±1 unpacked) as packed ``bits``-bit codes."""
+    if not (type(k) is int or isinstance(k, np.integer)) or k <= 0:  # type(): bools are refused
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return as_packed_codes(codes, bits, name="query codes")
+
+
+def check_candidates(candidates: int) -> int:
+    """Validate a rerank pool size (a positive integer)."""
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates <= 0:
+        raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+    return int(candidates)
+
+
+def check_query_features(features, n: int, dim: int | None) -> np.ndarray:
+    """Validate ``(n, dim)`` real, finite query features (``dim=None``: any width)."""
+    q = np.asarray(features)
+    if q.ndim != 2 or q.shape[0] != n or (dim is not None and q.shape[1] != dim):
+        raise ValueError(f"query features: expected shape ({n}, {'d' if dim is None else dim}), got {q.shape}")
+    _check_real(q, "query features")
+    if not np.all(np.isfinite(q)):
+        raise ValueError("query features contain NaN or infinite values")
+    return q
+
+
 def _check_real(values: np.ndarray, name: str) -> None:
     if values.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected real numbers, got dtype {values.dtype}")
 
 
-def _pad_ranges(lims: np.ndarray, D: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def range_pool(lims: np.ndarray, D: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Turn range-search output into an ``(nq, max_hits)`` row array padded with -1,
     each row's hits ordered by (Hamming distance, row)."""
     counts = np.diff(lims)

@@ -11,13 +11,12 @@ from typing import Callable
 
 import numpy as np
 
-from .codes import MISSING_DISTANCE
+from .codes import MISSING_DISTANCE, hamming
 
 
 def hamming_matrix(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     """Exact ``(nq, nb)`` Hamming distances between packed uint8 codes (XOR + popcount)."""
-    xor = np.bitwise_xor(queries[:, None, :], database[None, :, :])
-    return np.bitwise_count(xor).sum(axis=2, dtype=np.int32)
+    return hamming(queries[:, None, :], database[None, :, :])
 
 
 def brute_force_knn(queries: np.ndarray, database: np.ndarray, k: int):

@@ -47,7 +47,7 @@ def digits_folder(tmp_path_factory, digits):
 def ray_local():
     """A local Ray instance on 127.0.0.1 with 2 CPUs, stopped when the module's tests end."""
     ray = pytest.importorskip("ray")
-    from hashindex.serve import connect
+    from hashindex.cluster import connect
 
     connect(num_cpus=2)
     yield

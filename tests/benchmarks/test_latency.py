@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hashindex.bench import BenchConfig, NumpyHamming, distance_recall, run_latency_benchmark, bench_command
+from hashapp.bench import bench_command
+from hashindex.bench import BenchConfig, NumpyHamming, distance_recall, run_latency_benchmark
 from hashindex.codes import MISSING_DISTANCE
 from hashindex.testing import brute_force_knn, hamming_matrix
 

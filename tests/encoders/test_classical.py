@@ -17,7 +17,7 @@ from hashindex import HashIndex, ShardReader
 from hashindex.codes import unpack_codes
 from hashindex.datasets import load_digits_images
 from hashindex.metrics import mean_average_precision
-from hashindex.pipeline import train_encoder
+from hashapp.pipeline import train_encoder
 
 #: Methods meant to split the data evenly with every bit. SH is not: its bits cut the PCA
 #: bounding box, so a direction with a long tail gives a bit that few points set.
@@ -201,7 +201,7 @@ def test_train_encode_index_an_unlabelled_folder(method, flat_folder, tmp_path):
 
 
 def test_cli_train_itq_without_labels(flat_folder, tmp_path):
-    from hashindex.cli import main
+    from hashapp.cli import main
 
     out = tmp_path / "itq.pt"
     result = CliRunner().invoke(main, ["train", str(flat_folder), "--method", "itq", "--backbone", "pixels",

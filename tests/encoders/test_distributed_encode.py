@@ -165,7 +165,7 @@ def test_killed_worker_is_retried_within_the_run(ray_local, folder, model_file, 
 def test_cli_encode_ray(ray_local, folder, model_file, reference, tmp_path):
     from click.testing import CliRunner
 
-    from hashindex.cli import main
+    from hashapp.cli import main
 
     out = tmp_path / "shards"
     result = CliRunner().invoke(main, ["encode", str(folder), "--model", str(model_file), "--out", str(out),

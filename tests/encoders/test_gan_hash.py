@@ -26,7 +26,7 @@ from encoders.training import TrainConfig
 from hashindex import ShardReader
 from hashindex.datasets import load_digits_images
 from hashindex.metrics import mean_average_precision
-from hashindex.pipeline import train_encoder
+from hashapp.pipeline import train_encoder
 
 #: Small settings that train in seconds on a CPU.
 FAST = dict(hidden=128, batch_size=64, epochs=10)
@@ -231,7 +231,7 @@ def test_train_encoder_on_an_unlabelled_folder(flat_folder, tmp_path):
 
 
 def test_cli_train_gan_hash_without_labels(flat_folder, tmp_path):
-    from hashindex.cli import main
+    from hashapp.cli import main
 
     out = tmp_path / "gan.pt"
     result = CliRunner().invoke(main, ["train", str(flat_folder), "--method", "gan_hash", "--bits", "32",

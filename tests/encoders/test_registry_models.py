@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import HashModel, create_encoder, list_backbones, list_encoders
+from encoders import Backbone, ConvBackbone, HashModel, create_backbone, create_encoder, list_backbones, list_encoders
 from encoders.feature_hashing import is_feature_method
 from encoders.losses import ClassificationLoss, HashNetLoss
 from encoders.training import module_groups, resolve_stages, TrainConfig
@@ -33,6 +33,23 @@ def _build(method, backbone, bits=16, **extra):
     torch.manual_seed(0)
     return create_encoder(method, backbone=backbone, bits=bits, num_classes=NUM_CLASSES,
                           **TINY_BACKBONES[backbone], **extra)
+
+
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_every_backbone_implements_the_backbone_protocol(backbone):
+    if backbone not in TINY_BACKBONES:
+        pytest.fail(f"backbone {backbone!r} has no tiny settings in TINY_BACKBONES")
+    torch.manual_seed(0)
+    net = create_backbone(backbone, **TINY_BACKBONES[backbone]).eval()
+    assert isinstance(net, Backbone)
+    channels, height, width = net.input_cfg["input_size"]
+    assert len(net.input_cfg["mean"]) == len(net.input_cfg["std"]) == channels == 3
+    x = torch.randn(2, channels, height, width)
+    with torch.no_grad():
+        assert net(x).shape == (2, net.feature_dim)
+        if isinstance(net, ConvBackbone):
+            conv_map = net.conv_trunk()(x)
+            assert conv_map.ndim == 4 and conv_map.shape[:2] == (2, net.map_channels)
 
 
 def _conv_map_missing(method, backbone):

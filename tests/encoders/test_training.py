@@ -10,7 +10,7 @@ from encoders.data import list_images
 from encoders.losses import HashNetLoss
 from encoders.encode import encode_folder
 from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model, train_transform
-from hashindex.pipeline import train_encoder
+from hashapp.pipeline import train_encoder
 from hashindex.store import ShardReader
 
 TINY = dict(backbone="small_cnn", width=4, feature_dim=12, input_size=16)

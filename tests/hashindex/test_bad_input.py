@@ -22,7 +22,7 @@ from encoders import create_encoder, load_encoder, save_encoder
 from encoders.data import ImageFileDataset, ImageList, image_transform, list_images, load_rgb
 from encoders.encode import SKIPPED_REPORT, encode_folder
 from hashindex import MISSING_DISTANCE, HashIndex, ShardError, ShardReader, ShardWriter
-from hashindex.cli import main
+from hashapp.cli import main
 from hashindex.testing import assert_same_knn, brute_force_knn, hamming_matrix
 
 # --------------------------------------------------------------------------- image files
@@ -181,7 +181,7 @@ def test_empty_folder_is_one_clear_error(tmp_path, model_file):
 
 
 def test_supervised_method_needs_class_sub_folders(tmp_path):
-    from hashindex.pipeline import train_encoder
+    from hashapp.pipeline import train_encoder
 
     flat = tmp_path / "flat"
     flat.mkdir()

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex import HashIndex, ShardReader
-from hashindex.cli import main
+from hashapp.cli import main
 
 TINY = ["--epochs", "2", "--bits", "32", "--batch-size", "16"]
 
@@ -102,7 +102,7 @@ def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
 
 def test_training_choices_match_the_training_loop():
     from encoders.training import AUGMENTATIONS, LR_SCHEDULES
-    from hashindex.cli import AUGMENT_CHOICES, LR_SCHEDULE_CHOICES
+    from hashapp.cli import AUGMENT_CHOICES, LR_SCHEDULE_CHOICES
 
     assert LR_SCHEDULE_CHOICES == LR_SCHEDULES
     assert AUGMENT_CHOICES == tuple("none" if a is None else a for a in AUGMENTATIONS)
@@ -115,7 +115,7 @@ def test_list_command():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    from hashindex.demo import run_demo
+    from hashapp.demo import run_demo
 
     lines = []
     figures = run_demo(tmp_path / "demo", epochs=2, progress=False, echo=lines.append)

@@ -65,7 +65,7 @@ def job(tmp_path_factory):
 
 
 def _build_cmd(folder, model, out, resume=True) -> list[str]:
-    return [sys.executable, "-m", "hashindex.cli", "--threads", "1", "build", str(folder), "--model", str(model),
+    return [sys.executable, "-m", "hashapp.cli", "--threads", "1", "build", str(folder), "--model", str(model),
             "--out", str(out), "--shard-size", str(SHARD_SIZE), "--batch-size", str(BATCH)] + (["--resume"] if resume
                                                                                               else [])
 

@@ -19,7 +19,7 @@ from hashindex.distributed import (  # noqa: E402
     merge_topk,
     plan_shard_groups,
 )
-from hashindex.serve import serve, stop  # noqa: E402
+from hashapp.serve import serve, stop  # noqa: E402
 from hashindex.store import StoreInfo  # noqa: E402
 from hashindex.testing import assert_same_knn, brute_force_knn, start_in_thread  # noqa: E402
 
@@ -312,7 +312,7 @@ def test_killed_actor_without_restarts_fails_naming_its_shards(ray_local, store)
 def test_serve_command_starts_attaches_and_stops(ray_local, store):
     from click.testing import CliRunner
 
-    from hashindex.cli import main
+    from hashapp.cli import main
 
     runner = CliRunner()
     # Ray is already initialised here, so the command joins it and returns (no blocking loop).

@@ -2,8 +2,6 @@
 
 import configparser
 import logging
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -114,22 +112,3 @@ def test_order_ties_by_row_equals_a_lexsort(rng, shape, ascending):
     np.testing.assert_array_equal(D2, np.take_along_axis(D, order, axis=1))
     np.testing.assert_array_equal(rows2, np.take_along_axis(rows, order, axis=1))
     assert D2.dtype == np.int32 and rows2.dtype == np.int64
-
-
-def test_the_core_imports_without_torch():
-    # The search path (index, engines, routing) imports with torch blocked, and the built-in
-    # engines still run. (hashindex.demo imports encoders, hence torch: not covered here.)
-    script = (
-        "import sys\n"
-        "sys.modules['torch'] = None\n"
-        "import hashindex, hashindex.engines, hashindex.routing, hashindex.gpu, hashindex.index\n"
-        "from hashindex.engines import create_engine, list_engines\n"
-        "import numpy as np\n"
-        "e = create_engine('faiss-cpu'); e.fit(np.zeros((3, 8), np.uint8))\n"
-        "assert e.search(np.zeros((1, 8), np.uint8), 2)[0].tolist() == [[0, 0]]\n"
-        "assert 'faiss-cpu' in list_engines()\n"
-        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m] is not None)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr

@@ -1,11 +1,29 @@
 import numpy as np
 import pytest
 
-from hashindex import HashIndex, parse_spec
-from hashindex.testing import brute_force_knn
+import faiss
 
-DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "HNSW16", "HNSW16,efSearch=32",
-                    "MultiHash4x16", "MultiHash2x8,nflip=1"]
+from hashindex import HashIndex, parse_spec
+from hashindex.spec import KINDS
+from hashindex.testing import brute_force_knn, hamming_matrix
+
+DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "IVF16_HNSW8", "IVF16_HNSW8,nprobe=4", "HNSW16",
+                    "HNSW16,efSearch=32", "MultiHash4x16", "MultiHash2x8,nflip=1", "Hash16", "Hash16,nflip=1"]
+FACTORY_STRINGS = {"BFlat": "flat", "BIVF16": "IVF16", "BIVF16_HNSW8,nprobe=2": "IVF16_HNSW8,nprobe=2",
+                   "BHNSW16": "HNSW16", "BHash4x16": "MultiHash4x16", "BHash16,nflip=1": "Hash16,nflip=1"}
+
+
+def test_every_registered_kind_is_documented_and_tested():
+    assert {parse_spec(spec).kind for spec in DOCUMENTED_SPECS} == set(KINDS)
+    assert {parse_spec(spec).kind for spec in FACTORY_STRINGS} == set(KINDS)
+
+
+@pytest.mark.parametrize("factory", sorted(FACTORY_STRINGS))
+def test_faiss_factory_strings_parse_to_the_canonical_spec(factory):
+    spec = parse_spec(factory)
+    assert str(spec) == FACTORY_STRINGS[factory]
+    head = factory.split(",")[0]
+    assert type(spec.build(64)) is type(faiss.index_binary_factory(64, head))
 
 
 @pytest.mark.parametrize("spec", DOCUMENTED_SPECS)
@@ -49,3 +67,19 @@ def test_bad_specs_list_the_grammar(bad):
 def test_multihash_wider_than_code_is_rejected():
     with pytest.raises(ValueError, match="exceed"):
         HashIndex(32, "MultiHash4x16")
+
+
+@pytest.mark.parametrize("spec", [s for s in DOCUMENTED_SPECS if parse_spec(s).supports_range_search])
+def test_range_search_of_every_kind_stays_within_the_radius(rng, spec):
+    db = rng.integers(0, 256, size=(600, 8), dtype=np.uint8)
+    q = db[:10] ^ rng.integers(0, 2, size=(10, 8), dtype=np.uint8)
+    index = HashIndex(64, spec)
+    index.add(db)
+    lims, D, I = index.range_search(q, 6)
+    exact = hamming_matrix(q, db)
+    for row in range(len(q)):
+        ids, dist = I[lims[row]:lims[row + 1]], D[lims[row]:lims[row + 1]]
+        np.testing.assert_array_equal(dist, exact[row, ids])
+        assert np.all(dist <= 6) and len(set(ids.tolist())) == len(ids)
+        if spec == "flat":  # the exact kind finds every one
+            assert set(ids.tolist()) == set(np.flatnonzero(exact[row] <= 6).tolist())

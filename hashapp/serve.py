@@ -19,66 +19,20 @@ Python: ``index = serve(shards_dir, address=None, num_actors=4)`` returns the in
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from .gpu import DEVICES
+from hashindex.cluster import connect
+from hashindex.gpu import DEVICES
 
 if TYPE_CHECKING:
-    from .distributed import ShardedHashIndex
+    from hashindex.distributed import ShardedHashIndex
 
 # hashindex.distributed imports Ray (seconds); it is imported only when a command runs, so
 # that `hashindex --help` and the other commands stay fast.
-
-
-def connect(address: str | None = None, *, num_cpus: int | None = None, **init_kwargs) -> str:
-    """``ray.init`` for hashindex and return the cluster's GCS address.
-
-    ``address`` (``"host:port"``, ``"auto"``, ``"ray://host:10001"``) joins an existing
-    cluster; ``None`` starts a local Ray instance without the dashboard whose processes all
-    listen on 127.0.0.1 only. Does nothing if Ray is already initialised in this process.
-    """
-    from .distributed import NAMESPACE, require_ray
-
-    ray = require_ray()
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, namespace=NAMESPACE, **init_kwargs)
-        else:
-            with _ray_local_only():
-                ray.init(num_cpus=num_cpus, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
-                         include_dashboard=False, **init_kwargs)
-    return ray.get_runtime_context().gcs_address
-
-
-@contextlib.contextmanager
-def _ray_local_only():
-    """Keep a Ray instance started inside this block on the loopback interface.
-
-    Ray replaces a loopback ``_node_ip_address`` by the machine's routable IP, and its
-    servers then listen on every interface, unless its local-only mode is on (the default
-    on macOS and Windows). That mode is read from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``: the
-    processes Ray spawns read the variable, this process the constant it was parsed into.
-    """
-    from ray._private import ray_constants
-
-    variable = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved = os.environ.get(variable), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[variable] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        if saved[0] is None:
-            os.environ.pop(variable, None)
-        else:
-            os.environ[variable] = saved[0]
-        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def serve(shards_dir, *, name: str = "hashindex", address: str | None = None, detached: bool | None = None,
@@ -88,7 +42,7 @@ def serve(shards_dir, *, name: str = "hashindex", address: str | None = None, de
     Actors are detached when joining a cluster (they outlive this driver), attached to this
     process on a local instance. ``index_kwargs`` go to :meth:`ShardedHashIndex.from_shards`.
     """
-    from .distributed import ShardedHashIndex, ShardUnavailableError
+    from hashindex.distributed import ShardedHashIndex, ShardUnavailableError
 
     connect(address, num_cpus=num_cpus)
     try:
@@ -105,7 +59,7 @@ def serve(shards_dir, *, name: str = "hashindex", address: str | None = None, de
 
 def stop(name: str = "hashindex", address: str | None = None) -> int:
     """Kill the actors served under ``name``; returns how many there were."""
-    from .distributed import ShardedHashIndex
+    from hashindex.distributed import ShardedHashIndex
 
     connect(address)
     index = ShardedHashIndex.attach(name)
@@ -133,9 +87,9 @@ def stop(name: str = "hashindex", address: str | None = None) -> int:
 @click.option("--stop", "stop_", is_flag=True, help="Stop the actors served under --name instead.")
 def serve_command(shards, address, name, num_actors, shards_per_actor, spec, device, cpus_per_actor,
                   gpus_per_actor, num_cpus, no_features, stop_):
-    """Serve the shard store SHARDS from Ray actors (see `hashindex.serve`)."""
-    from .distributed import ShardUnavailableError
-    from .store import ShardError
+    """Serve the shard store SHARDS from Ray actors (see `hashapp.serve`)."""
+    from hashindex.distributed import ShardUnavailableError
+    from hashindex.store import ShardError
 
     if shards is None and not stop_:
         raise click.UsageError("give the SHARDS directory to serve (or --stop)")
@@ -152,7 +106,7 @@ def serve_command(shards, address, name, num_actors, shards_per_actor, spec, dev
         raise click.ClickException(str(exc)) from exc
     gcs = connect(address)
     click.echo(f"serving {len(index)} codes from {shards} on {len(index.groups)} actor(s) named {name}.*")
-    click.echo(f"clients: hashindex.serve.connect({gcs!r}); ShardedHashIndex.attach({name!r})")
+    click.echo(f"clients: hashindex.cluster.connect({gcs!r}); ShardedHashIndex.attach({name!r})")
     if address is None:
         click.echo("local Ray instance: serving until Ctrl-C (it uses Ray token auth: run clients with "
                    "RAY_AUTH_MODE=token; the token is in ~/.ray/auth_token)")

@@ -13,10 +13,11 @@ from encoders import load_encoder
 from encoders.encode import encode_folder
 from encoders.training import TrainConfig
 
-from .datasets import load_digits_images, write_image_folder
+from hashindex.datasets import load_digits_images, write_image_folder
+from hashindex.store import ShardReader
+
 from .evaluate import evaluate, single_query_latency
 from .pipeline import build
-from .store import ShardReader
 from .viz import neighbour_grid
 
 QUERY_FRACTION = 0.2

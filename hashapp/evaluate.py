@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
-from . import metrics
-from .index import HashIndex
+from hashindex import metrics
+from hashindex.index import HashIndex
+from hashindex.timing import time_single
 
 
 def evaluate(
@@ -50,13 +52,7 @@ def evaluate(
 
 
 def single_query_latency(index: HashIndex, query_codes: np.ndarray, k: int = 8, repeats: int = 200) -> dict:
-    """Median and p99 wall time (ms) of one-query searches over ``repeats`` queries."""
-    n = len(query_codes)
-    times = []
-    for i in range(repeats):
-        q = query_codes[i % n : i % n + 1]
-        start = time.perf_counter()
-        index.search(q, k=k)
-        times.append(time.perf_counter() - start)
-    t = np.array(times) * 1000
-    return {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99))}
+    """Median and p99 wall time (ms) of one-query searches over up to ``repeats`` queries."""
+    latency = time_single({"index": lambda q, kk: index.search(q, kk)}, query_codes, k, budget_s=math.inf,
+                          max_samples=repeats)["index"]
+    return {"median_ms": latency.median_ms, "p99_ms": latency.p99_ms}

@@ -1,12 +1,10 @@
-"""Small shared helpers: durable file writes and integer-column validation."""
+"""Durable file writes: temporary file, fsync, atomic rename (the store, index and checkpoints use them)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-
-import numpy as np
 
 TMP_SUFFIX = ".tmp"
 
@@ -32,15 +30,3 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     replace_durably(tmp, path)
-
-
-def int_column(values, n: int, name: str, default: int | None = None) -> np.ndarray:
-    """Validate a length-``n`` integer column (or fill it with ``default``) as int64."""
-    if values is None:
-        return np.full(n, default, dtype=np.int64)
-    arr = np.asarray(values)
-    if arr.shape != (n,):
-        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name}: expected integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hashindex.index import HashIndex
+from hashindex.store import ShardReader
+
 from .evaluate import evaluate
-from .index import HashIndex
-from .store import ShardReader
 
 
 def _recorded(index: HashIndex, key: str, given, what: str) -> Path:

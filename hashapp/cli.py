@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .spec import SPEC_GRAMMAR
+from hashindex.spec import SPEC_GRAMMAR
 
 # encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
 # import (tests/hashindex/test_cli.py checks that they agree).

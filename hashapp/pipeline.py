@@ -23,7 +23,7 @@ from encoders.feature_hashing import is_feature_method
 from encoders.training import TrainConfig, train_model
 from encoders.unsupervised import fit_feature_encoder
 
-from .index import HashIndex
+from hashindex.index import HashIndex
 
 MODEL_FILE = "model.pt"
 SHARDS_DIR = "shards"

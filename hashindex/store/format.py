@@ -1,0 +1,161 @@
+"""The store's on-disk format: manifest, shard attributes, and their validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..durable import write_json_atomic
+
+FORMAT_NAME = "hashindex-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "part-{:05d}.h5"
+FIELDS = ("codes", "labels", "ids", "features", "paths")
+# HDF5 >= 1.10 object headers and superblock carry checksums; fletcher32 checksums every data
+# chunk; the UTF-8 paths (kept in an unchecksummed global heap) get a CRC-32 attribute. A
+#: Attribute holding the CRC-32 of a shard's UTF-8 paths (kept in an unchecksummed global heap).
+PATHS_CRC_ATTR = "paths_crc32"
+
+
+class ShardError(ValueError):
+    """A shard or store that cannot be read or appended to; the message names the file."""
+
+
+@dataclass
+class Shard:
+    """The records of one shard file, as numpy arrays (``features`` / ``paths`` may be None)."""
+
+    path: Path
+    codes: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    features: np.ndarray | None = None
+    paths: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass
+class StoreInfo:
+    """What the manifest records about a store."""
+
+    bits: int
+    feature_dim: int | None = None
+    feature_dtype: str = "float16"
+    class_names: list[str] = field(default_factory=list)
+    shards: list[dict] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def num_records(self) -> int:
+        return sum(s["count"] for s in self.shards)
+
+    @property
+    def next_id(self) -> int:
+        # last_id, not first_id + count: ids may have gaps (skipped images) inside a shard.
+        return max((s.get("last_id", s["first_id"] + s["count"] - 1) + 1 for s in self.shards), default=0)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "bits": self.bits,
+            "feature_dim": self.feature_dim,
+            "feature_dtype": self.feature_dtype,
+            "class_names": list(self.class_names),
+            "num_records": self.num_records,
+            "shards": self.shards,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict, source: Path) -> "StoreInfo":
+        if payload.get("format") != FORMAT_NAME:
+            raise ShardError(f"{source}: not a hashindex manifest (format={payload.get('format')!r})")
+        if payload.get("version") != FORMAT_VERSION:
+            raise ShardError(f"{source}: manifest version {payload.get('version')} is not supported")
+        try:
+            return cls(
+                bits=int(payload["bits"]),
+                feature_dim=payload.get("feature_dim"),
+                feature_dtype=payload.get("feature_dtype", "float16"),
+                class_names=list(payload.get("class_names", [])),
+                shards=list(payload["shards"]),
+                metadata=dict(payload.get("metadata", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShardError(f"{source}: malformed manifest ({exc})") from exc
+
+
+def read_store_info(directory: str | os.PathLike) -> StoreInfo:
+    """Read a store's manifest; raise ``ShardError`` naming the file if it is missing or bad."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise ShardError(f"{path}: no manifest; {directory} is not a hashindex shard store")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{path}: unreadable manifest ({exc})") from exc
+    return StoreInfo.from_json(payload, path)
+
+
+def write_store_info(directory: str | os.PathLike, info: StoreInfo) -> None:
+    """Write (or atomically replace) a store's manifest."""
+    write_json_atomic(Path(directory) / MANIFEST, info.to_json())
+
+
+def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
+    """Open one shard, check it is complete and well formed, and return its attributes."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            if attrs.get("format") != FORMAT_NAME:
+                raise ShardError(f"{path}: not a hashindex shard (foreign HDF5 file)")
+            if not attrs.get("complete", False):
+                raise ShardError(f"{path}: shard is not marked complete")
+            missing = [name for name in ("codes", "labels", "ids") if name not in f]
+            if missing:
+                raise ShardError(f"{path}: missing dataset(s) {', '.join(missing)}")
+            count = int(attrs["count"])
+            shard_bits = int(attrs["bits"])
+            if bits is not None and shard_bits != bits:
+                raise ShardError(f"{path}: shard holds {shard_bits}-bit codes, store expects {bits}-bit")
+            shapes = {name: f[name].shape for name in FIELDS if name in f}
+    except ShardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError, ... on a damaged file
+        raise corrupt_shard_error(path, exc) from exc
+    if shapes["codes"] != (count, shard_bits // 8):
+        raise ShardError(f"{path}: codes have shape {shapes['codes']}, expected ({count}, {shard_bits // 8})")
+    for name, shape in shapes.items():
+        if shape[0] != count:
+            raise ShardError(f"{path}: dataset {name} has {shape[0]} rows, expected {count}")
+    return {"count": count, "first_id": int(attrs["first_id"]),
+            "last_id": int(attrs.get("last_id", int(attrs["first_id"]) + count - 1)),
+            "bits": shard_bits, "fields": list(shapes)}
+
+
+def corrupt_shard_error(path: Path, exc: BaseException) -> ShardError:
+    return ShardError(f"{path}: unreadable shard (truncated or corrupt HDF5 file: {type(exc).__name__}: {exc})")
+
+
+def paths_crc32(paths, crc: int = 0) -> int:
+    for p in paths:
+        crc = zlib.crc32(p.encode("utf-8") + b"\0", crc)
+    return crc
+
+
+def decode_paths(values, crc, path: Path) -> list[str]:
+    """Decode stored paths; check them against the shard's CRC-32 when it has one."""
+    decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    if crc is not None and paths_crc32(decoded) != int(crc):
+        raise ShardError(f"{path}: paths fail their CRC-32 check (corrupt shard)")
+    return decoded
