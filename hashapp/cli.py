@@ -261,5 +261,10 @@ from .bench import bench_command  # noqa: E402 - matplotlib and usearch are impo
 
 main.add_command(bench_command)
 
+from .update import add_command, remove_command  # noqa: E402 - torch is imported only when they run
+
+main.add_command(add_command)
+main.add_command(remove_command)
+
 if __name__ == "__main__":
     main()

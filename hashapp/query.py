@@ -13,7 +13,7 @@ from hashindex.store import ShardReader
 from .evaluate import evaluate
 
 
-def _recorded(index: HashIndex, key: str, given, what: str) -> Path:
+def recorded(index: HashIndex, key: str, given, what: str) -> Path:
     if given is not None:
         return Path(given)
     if key not in index.metadata:
@@ -29,7 +29,7 @@ def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int 
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
-    model = load_encoder(_recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
     codes, features, encoded, failed = encode_files(model, query_images)
     if rerank:
         D, I = index.search_rerank(codes, features, k=k, candidates=candidates)
@@ -73,7 +73,7 @@ def evaluate_index(index_dir, query_shards, *, database=None, k: int = 8, map_k:
     """Score a saved index with labelled query shards; database codes for mAP come from the
     shards the index was built from unless ``database`` names others."""
     index = HashIndex.load(index_dir)
-    db = ShardReader(_recorded(index, "shards", database, "database shards (--database)")).read(("codes", "labels"))
+    db = ShardReader(recorded(index, "shards", database, "database shards (--database)")).read(("codes", "labels"))
     queries = ShardReader(query_shards)
     if queries.bits != index.bits:
         raise ValueError(f"{query_shards}: {queries.bits}-bit query codes for a {index.bits}-bit index")
