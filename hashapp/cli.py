@@ -168,13 +168,25 @@ def index_cmd(shards, spec, out, model_path):
               help="Encoder file (default: the one recorded with the index).")
 @click.option("--rerank", is_flag=True, help="Rerank a Hamming candidate pool by Euclidean distance on F7.")
 @click.option("--candidates", type=click.IntRange(min=1), default=1000, help="Pool size for --rerank.")
+@click.option("--label", "labels", multiple=True, help="Only neighbours of this class (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def search(index_dir, query_images, k, model_path, rerank, candidates, as_json):
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the neighbours as a self-contained HTML page.")
+@click.option("--grid", "grid_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the neighbours as a PNG grid.")
+def search(index_dir, query_images, k, model_path, rerank, candidates, labels, as_json, html_out, grid_out):
     """Find the k nearest neighbours of each QUERY_IMAGE in the index at INDEX_DIR and vote its class."""
     from .query import search_images
 
     results = search_images(index_dir, query_images, k=k, model_path=model_path, rerank=rerank,
-                            candidates=candidates)
+                            candidates=candidates, labels=list(labels) or None)
+    if html_out or grid_out:
+        from .viz import results_grid, results_html
+
+        if html_out:
+            results_html(results, html_out)
+        if grid_out:
+            results_grid(results, grid_out)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -265,6 +277,10 @@ from .update import add_command, remove_command  # noqa: E402 - torch is importe
 
 main.add_command(add_command)
 main.add_command(remove_command)
+
+from .web import serve_http_command  # noqa: E402 - Starlette and uvicorn are imported only when it runs
+
+main.add_command(serve_http_command)
 
 if __name__ == "__main__":
     main()

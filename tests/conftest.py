@@ -70,13 +70,23 @@ def tiny_model(tmp_path_factory, digits):
                          config=TrainConfig(epochs=4, batch_size=16, seed=0), progress=False)
 
 
+def _tiny_build(out, digits_folder, tiny_model):
+    from hashapp.pipeline import build
+
+    build(digits_folder, out, model_path=tiny_model, shard_size=50, progress=False)
+    return out
+
+
 @pytest.fixture
 def tiny_build(tmp_path, digits_folder, tiny_model):
     """A fresh build (shards + flat index) of ``digits_folder`` with ``tiny_model``: ``out`` dir."""
-    from hashapp.pipeline import build
+    return _tiny_build(tmp_path / "build", digits_folder, tiny_model)
 
-    build(digits_folder, tmp_path / "build", model_path=tiny_model, shard_size=50, progress=False)
-    return tmp_path / "build"
+
+@pytest.fixture(scope="module")
+def shared_build(tmp_path_factory, digits_folder, tiny_model):
+    """Like ``tiny_build``, shared by a module's tests: they must not change it."""
+    return _tiny_build(tmp_path_factory.mktemp("shared") / "build", digits_folder, tiny_model)
 
 
 @pytest.fixture(scope="session")
