@@ -84,7 +84,7 @@ def encode_folder(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch")
+        bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch", disable=None)
     skipped_file = _restart_skipped_report(out_dir, writer.info.next_id)
     with writer, open(skipped_file, "a", encoding="utf-8") as skipped_log:
         for batch in bar:

@@ -26,6 +26,24 @@ def _set_threads(ctx: click.Context, _param, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _set_quiet(ctx: click.Context, _param, quiet: bool) -> None:
+    ctx.meta["hashindex.quiet"] = quiet
+
+
+def _progress() -> bool:
+    """Show progress bars unless ``--quiet`` (they are silent anyway when stderr is no terminal)."""
+    return not click.get_current_context().meta.get("hashindex.quiet", False)
+
+
+def _echo_training_summary(model_path: Path) -> None:
+    from encoders.checkpoint import read_encoder_file
+    from encoders.training import training_summary
+
+    history = read_encoder_file(model_path).get("extra", {}).get("history")
+    if history:
+        click.echo(training_summary(history))
+
+
 class _Group(click.Group):
     """Bad input (``ValueError``, hence ``ShardError``; a missing or existing file) ends a command
     with one ``Error: <message>`` line and exit status 1 rather than a traceback."""
@@ -40,6 +58,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads, expose_value=False,
               help="Threads for Faiss and torch (default: all cores).")
+@click.option("--quiet", "-q", is_flag=True, callback=_set_quiet, expose_value=False, is_eager=True,
+              help="No progress bars (they are off anyway when stderr is not a terminal).")
 @click.version_option(package_name="hashindex")
 def main() -> None:
     """Image retrieval with deep binary hashing: train an encoder, encode an image folder
@@ -100,7 +120,8 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
                            checkpoint_dir, resume)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
-                         init_trunk_from=init_from)
+                         init_trunk_from=init_from, progress=_progress())
+    _echo_training_summary(path)
     click.echo(f"saved encoder to {path}")
 
 
@@ -134,7 +155,7 @@ def encode(image_dir, model_path, out, shard_size, batch_size, resume, device, r
         _report_skipped([(s["path"], s["reason"]) for s in ray_report.skipped], out / SKIPPED_REPORT)
         return
     report = encode_folder(load_encoder(model_path), image_dir, out, shard_size=shard_size, batch_size=batch_size,
-                           resume=resume, device=device)
+                           resume=resume, device=device, progress=_progress())
     click.echo(f"encoded {report.encoded} images into {out} ({report.total} records in the store)")
     _report_skipped(report.skipped, out / SKIPPED_REPORT)
 
@@ -156,7 +177,7 @@ def index_cmd(shards, spec, out, model_path):
     """Load the shards in SHARDS into a Faiss binary index and save it to --out."""
     from .pipeline import index_shards
 
-    index = index_shards(shards, out, spec=spec, model_path=model_path)
+    index = index_shards(shards, out, spec=spec, model_path=model_path, progress=_progress())
     click.echo(f"saved {index} to {out}")
 
 
@@ -235,8 +256,11 @@ def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
                             batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
+                            progress=_progress(),
                             config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
                                                  seed, device))
+    if model_path is None:
+        _echo_training_summary(result.model_path)
     click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")
     from encoders.encode import SKIPPED_REPORT
 
@@ -253,16 +277,15 @@ def demo(out, epochs, bits, seed):
     """Run the whole job on sklearn's embedded digits and print its figures."""
     from .demo import run_demo
 
-    run_demo(out, epochs=epochs, bits=bits, seed=seed, echo=click.echo)
+    run_demo(out, epochs=epochs, bits=bits, seed=seed, echo=click.echo, progress=_progress())
 
 
 @main.command("list")
 def list_cmd():
-    """List the registered encoders and backbones."""
-    from encoders import list_backbones, list_encoders
+    """List the hashing methods and backbones, one line each, and whether weights are available."""
+    from .catalogue import catalogue_lines
 
-    click.echo("encoders:  " + ", ".join(list_encoders()))
-    click.echo("backbones: " + ", ".join(list_backbones()))
+    click.echo("\n".join(catalogue_lines()))
 
 
 from .serve import serve_command  # noqa: E402 - cheap: Ray is imported only when it runs
