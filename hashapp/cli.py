@@ -296,10 +296,11 @@ from .bench import bench_command  # noqa: E402 - matplotlib and usearch are impo
 
 main.add_command(bench_command)
 
-from .update import add_command, remove_command  # noqa: E402 - torch is imported only when they run
+from .update import add_command, export_command, remove_command  # noqa: E402 - torch is imported only when they run
 
 main.add_command(add_command)
 main.add_command(remove_command)
+main.add_command(export_command)
 
 from .web import serve_http_command  # noqa: E402 - Starlette and uvicorn are imported only when it runs
 
