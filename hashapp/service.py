@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from hashindex.codes import as_packed_codes
@@ -92,6 +93,9 @@ class SearchService:
         self.paths = PathLookup(self.index)
         self.lock = ReadWriteLock()
         self.started = time.time()
+        # OpenMP thread counts are per thread: the request threads get the one set where the
+        # service was made (`hashindex --threads N serve-http`) instead of one per core each.
+        self.threads = faiss.omp_get_max_threads()
         self.counts = {"searches": 0, "queries": 0, "adds": 0, "removes": 0}
         self._count_lock = threading.Lock()
 
@@ -115,6 +119,7 @@ class SearchService:
     def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         from encoders.encode import encode_images
 
+        faiss.omp_set_num_threads(self.threads)
         return encode_images(self.model, images, device=self.device)
 
     def check_search(self, k, rerank: bool, candidates) -> tuple[int, int]:
@@ -146,6 +151,7 @@ class SearchService:
     # ------------------------------------------------------------------ operations
     def search(self, names: list[str], codes: np.ndarray, features: np.ndarray | None, *, k: int,
                candidates: int, labels=None) -> list[dict]:
+        faiss.omp_set_num_threads(self.threads)
         with self.lock.reading():
             try:
                 results = query_results(self.index, self.paths, names, codes, features, k=k,
@@ -172,6 +178,7 @@ class SearchService:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             paths.append(str(path))
+        faiss.omp_set_num_threads(self.threads)
         with self.lock.writing():
             report = append_records(self.index, self.index_dir, codes, features, paths, [label] * len(paths))
         self._count("adds", len(report.ids))
