@@ -136,6 +136,31 @@ def warm_vs_cold(url: str, index_dir: Path, queries: list[Path], rounds: int, pe
             "ratio_cold_over_warm_p50": statistics.median(cold) / (float(np.median(warm_ms)) / 1e3)}
 
 
+def breakdown(index_dir: Path, queries: list[Path], threads: int) -> dict:
+    """Median ms of each step of a warm search, in this process (no HTTP): decode, encode, search."""
+    import faiss
+    import torch
+
+    from hashapp.service import SearchService
+
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
+    service = SearchService(index_dir)
+    steps: dict[str, list[float]] = {"decode_ms": [], "encode_ms": [], "search_vote_paths_ms": []}
+    for i, query in enumerate(queries * 2):
+        t0 = time.perf_counter()
+        images = service.decode([(query.name, query.read_bytes())])
+        t1 = time.perf_counter()
+        codes, _ = service.encode(images)
+        t2 = time.perf_counter()
+        service.search([query.name], codes, None, k=8, candidates=8)
+        t3 = time.perf_counter()
+        if i >= 10:  # warm-up
+            for name, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2)):
+                steps[name].append(seconds * 1e3)
+    return {name: statistics.median(values) for name, values in steps.items()}
+
+
 def concurrent(url: str, queries: list[Path], n: int, clients: int) -> dict:
     import httpx2 as httpx
 
@@ -211,6 +236,8 @@ def run(codes: int, rounds: int, per_round: int, n_concurrent: int, clients: int
         finally:
             process.terminate()
             process.wait(timeout=60)
+        steps = breakdown(work / "index", queries[:50], threads)
+        echo("in-process steps: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
         adds = [add_cost(work, store, model_path, new_class, spec) for spec in ("flat", "IVF1024,nprobe=8")]
         for a in adds:
             echo(f"add {a['added']} into {a['spec']}: {a['add_images_s']:.2f} s vs rebuild "
@@ -219,7 +246,7 @@ def run(codes: int, rounds: int, per_round: int, n_concurrent: int, clients: int
                "parameters": {"codes": codes, "bits": BITS, "rounds": rounds, "warm_per_round": per_round,
                               "concurrent": n_concurrent, "clients": clients, "new_class": new_class_size,
                               "threads": threads, "seed": seed},
-               "warm_vs_cold": speed, "concurrent": load, "add": adds,
+               "warm_vs_cold": speed, "warm_steps_in_process": steps, "concurrent": load, "add": adds,
                "total_s": time.perf_counter() - started}
     (out_dir / "service.json").write_text(json.dumps(payload, indent=2))
     (out_dir / "service.md").write_text(summary(payload))
@@ -234,6 +261,8 @@ def summary(payload: dict) -> str:
              f"{s['warm_p90_ms']:.2f} / {s['warm_p99_ms']:.2f} ms ({s['warm_requests']} requests) |",
              f"| cold `hashindex search` (median of {s['cold_calls']}) | {s['cold_median_s']:.2f} s |",
              f"| cold / warm p50 | {s['ratio_cold_over_warm_p50']:.0f}x |",
+             "| warm steps in process, median (no HTTP) | " + ", ".join(
+                 f"{k[:-3].replace('_', ' ')} {v:.2f} ms" for k, v in payload["warm_steps_in_process"].items()) + " |",
              f"| concurrent requests answered correctly | {c['correct']} / {c['requests']} ({c['clients']} clients, "
              f"{c['requests_per_s']:.0f} requests/s) |"]
     for a in payload["add"]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from hashindex.index import HashIndex
 from hashindex.store import ShardReader, read_store_info
+from hashindex.vote import majority_vote
 
 from .evaluate import evaluate
 
@@ -47,10 +48,9 @@ def query_results(index: HashIndex, paths: "PathLookup", names: list[str], codes
     otherwise Hamming (integer distances)."""
     if features is not None:
         D, I = index.search_rerank(codes, features, k=k, candidates=candidates, labels=labels)
-        votes = index.vote(codes, k=k, features=features, candidates=candidates, labels=labels)
     else:
         D, I = index.search(codes, k=k, labels=labels)
-        votes = index.vote(codes, k=k, labels=labels)
+    votes = majority_vote(index.labels_of(I))  # what index.vote gives, without searching again
     path_of = paths.lookup(I)
     kind, as_number = ("euclidean", float) if features is not None else ("hamming", int)
     results = []

@@ -61,7 +61,9 @@ def test_search_by_codes_and_labels(client, shared_build):
     response = client.post("/search", json={"codes": [c.tobytes().hex() for c in codes], "k": 5, "labels": ["1", "3"]})
     assert response.status_code == 200, response.text
     D, I = index.search(codes, k=5, labels=["1", "3"])
+    votes = index.vote(codes, k=5, labels=["1", "3"])
     for row, item in enumerate(response.json()["results"]):
+        assert item["voted_class"] == index.class_names[votes[row]]
         assert [n["id"] for n in item["neighbours"]] == I[row].tolist()
         assert [n["distance"] for n in item["neighbours"]] == D[row].tolist()
         assert {n["class"] for n in item["neighbours"]} <= {"1", "3"}
