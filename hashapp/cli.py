@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
 # encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
@@ -288,6 +289,29 @@ def list_cmd():
     click.echo("\n".join(catalogue_lines()))
 
 
+@main.command("export")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="ann-benchmarks: one HDF5 file (Hamming dataset); faiss: a directory with index.faiss and rows.csv.")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="ann-benchmarks: test codes sampled from the index and held out of train.")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True,
+              help="ann-benchmarks: exact neighbours stored per test code.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def export_cmd(index_dir, out, fmt, queries, count, seed):
+    """Export the index at INDEX_DIR to OUT for ann-benchmarks or raw Faiss (see `hashindex.export`)."""
+    from hashindex.export import export_ann_benchmarks, export_faiss
+    from hashindex.index import HashIndex
+
+    index = HashIndex.load(index_dir)
+    if fmt == "faiss":
+        export_faiss(index, out)
+    else:
+        export_ann_benchmarks(index, out, queries=queries, count=count, seed=seed)
+    click.echo(f"exported {len(index)} codes to {out} ({fmt})")
+
+
 from .serve import serve_command  # noqa: E402 - cheap: Ray is imported only when it runs
 
 main.add_command(serve_command)
@@ -296,11 +320,10 @@ from .bench import bench_command  # noqa: E402 - matplotlib and usearch are impo
 
 main.add_command(bench_command)
 
-from .update import add_command, export_command, remove_command  # noqa: E402 - torch is imported only when they run
+from .update import add_command, remove_command  # noqa: E402 - torch is imported only when they run
 
 main.add_command(add_command)
 main.add_command(remove_command)
-main.add_command(export_command)
 
 from .web import serve_http_command  # noqa: E402 - Starlette and uvicorn are imported only when it runs
 

@@ -19,7 +19,6 @@ from typing import Sequence
 import click
 import numpy as np
 
-from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.index import HashIndex
 from hashindex.store import ShardWriter, extend_class_names, read_store_info
 
@@ -161,24 +160,3 @@ def remove_command(index_dir, ids, label):
         raise click.UsageError("give --ids and / or --label")
     click.echo(f"removed {remove_records(index_dir, ids=id_list, label=label)} record(s) from {index_dir}")
 
-
-@click.command("export")
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
-              help="ann-benchmarks: one HDF5 file (Hamming dataset); faiss: a directory with index.faiss and rows.csv.")
-@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="ann-benchmarks: test codes sampled from the index and held out of train.")
-@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True,
-              help="ann-benchmarks: exact neighbours stored per test code.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def export_command(index_dir, out, fmt, queries, count, seed):
-    """Export the index at INDEX_DIR to OUT for ann-benchmarks or raw Faiss (see `hashindex.export`)."""
-    from hashindex.export import export_ann_benchmarks, export_faiss
-
-    index = HashIndex.load(index_dir)
-    if fmt == "faiss":
-        export_faiss(index, out)
-    else:
-        export_ann_benchmarks(index, out, queries=queries, count=count, seed=seed)
-    click.echo(f"exported {len(index)} codes to {out} ({fmt})")
