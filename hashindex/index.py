@@ -215,8 +215,8 @@ class HashIndex:
         """Remove the codes stored under ``ids`` (ids not present are ignored); returns how many
         were removed. Flat and IVF indexes remove in place, HNSW is rebuilt from its codes;
         ``Hash`` / ``MultiHash`` cannot remove (see :mod:`hashindex.rows`)."""
-        ids = int_column(ids, len(np.atleast_1d(ids)), "ids")
-        rows = self.rows_of(ids)
+        ids = np.atleast_1d(np.asarray(ids))
+        rows = self.rows_of(int_column(ids, len(ids), "ids"))
         rows = np.unique(rows[rows >= 0])
         if len(rows) == 0:
             return 0
@@ -304,8 +304,9 @@ class HashIndex:
         """Coarse-then-fine search: a Hamming pool, reranked by Euclidean distance on features.
 
         The pool is the ``candidates`` nearest codes, or with ``radius`` every code within
-        that Hamming radius; ``labels`` restricts the pool as in :meth:`search`. Returns float32 Euclidean distances and int64 ids, ``(nq, k)``,
-        padded with ``inf`` / ``-1`` when a pool holds fewer than ``k``.
+        that Hamming radius; ``labels`` restricts the pool as in :meth:`search`. Returns float32
+        Euclidean distances and int64 ids, ``(nq, k)``, padded with ``inf`` / ``-1`` when a pool
+        holds fewer than ``k``.
         """
         packed = check_queries(codes, k, self.bits)
         D, rows = self._rerank_rows(packed, features, k, candidates, radius, labels)
