@@ -119,7 +119,6 @@ class SearchService:
     def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         from encoders.encode import encode_images
 
-        faiss.omp_set_num_threads(self.threads)
         return encode_images(self.model, images, device=self.device)
 
     def check_search(self, k, rerank: bool, candidates) -> tuple[int, int]:
