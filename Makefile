@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := test,distributed,bench
+EXTRAS := test,distributed,bench,serve
 
 .PHONY: install demo test test-fast bench clean
 

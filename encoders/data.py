@@ -11,7 +11,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import torch
 from PIL import Image
@@ -80,9 +80,14 @@ def load_rgb(path: str) -> Image.Image:
     and a path that is not a regular file (a FIFO would block the open forever)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{path}: not a regular file")
+    return decode_rgb(path)
+
+
+def decode_rgb(source: "str | BinaryIO") -> Image.Image:
+    """Decode an image file or file object as :func:`load_rgb` does (no regular-file check)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 im = im.point(lambda v: v * (1 / 256)).convert("L")

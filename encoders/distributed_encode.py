@@ -343,4 +343,4 @@ def _progress(total: int, done: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="encoding chunks", unit="chunk")
+    return tqdm(total=total, initial=done, desc="encoding chunks", unit="chunk", disable=None)

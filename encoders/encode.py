@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from hashindex.durable import replace_durably
@@ -83,7 +84,7 @@ def encode_folder(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch")
+        bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch", disable=None)
     skipped_file = _restart_skipped_report(out_dir, writer.info.next_id)
     with writer, open(skipped_file, "a", encoding="utf-8") as skipped_log:
         for batch in bar:
@@ -146,3 +147,13 @@ def encode_files(model, paths: "list[str | os.PathLike]", *, batch_size: int = 6
         return (np.empty((0, model.bits // 8), np.uint8), np.empty((0, model.feature_dim), np.float32),
                 encoded, failed)
     return np.concatenate(codes), np.concatenate(features), encoded, failed
+
+
+def encode_images(model, images: "list[Image.Image]", *, device: str = "auto"):
+    """Encode decoded RGB images (e.g. uploads): ``(codes, features)``, one row per image."""
+    import torch
+
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    transform = image_transform(model.input_cfg)
+    return model.encode(torch.stack([transform(im) for im in images]).to(dev))

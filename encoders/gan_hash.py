@@ -241,7 +241,7 @@ class GANHash(FeatureHasher):
         if progress:
             from tqdm.auto import tqdm
 
-            epoch_iter = tqdm(epoch_iter, desc="gan_hash", unit="epoch")
+            epoch_iter = tqdm(epoch_iter, desc="gan_hash", unit="epoch", disable=None)
         self.train()
         for epoch in epoch_iter:
             order = torch.randperm(n, generator=rng)

@@ -273,6 +273,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
     stage_steps = run.stage.epochs * steps_per_epoch
     sums: dict[str, float] = {}
     seen = 0
+    correct: int | None = None  # stays None for methods without class scores
     bar = _progress(loader, progress, f"epoch {epoch + 1}/{total_epochs} [{run.stage.name}]")
     for step, batch in enumerate(bar):
         if len(batch.labels) < 2:
@@ -286,7 +287,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         if config.mixup:
             x, y = mixup_batch(x, y, num_classes, config.mixup)
         with torch.autocast(device.type, enabled=use_amp):
-            terms = run.loss(model(x), y)
+            out = model(x)
+            terms = run.loss(out, y)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(terms["loss"]).backward()
         run.scaler.step(run.optimizer)
@@ -295,10 +297,30 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         seen += n
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+        if getattr(out, "logits", None) is not None:  # mixed labels count for their larger share
+            target = y if y.ndim == 1 else y.argmax(dim=1)
+            correct = (correct or 0) + int((out.logits.detach().argmax(dim=1) == target).sum())
         if progress:
             bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()})
-    return {"epoch": epoch + 1, "stage": run.stage.name, "lr": lr if seen else run.stage.lr,
-            **{k: v / max(seen, 1) for k, v in sums.items()}}
+    record = {"epoch": epoch + 1, "stage": run.stage.name, "lr": lr if seen else run.stage.lr,
+              **{k: v / max(seen, 1) for k, v in sums.items()}}
+    if correct is not None and seen:
+        record["train_accuracy"] = correct / seen
+    return record
+
+
+def training_summary(history: list[dict]) -> str:
+    """One line on a finished training: epochs, the last epoch's loss terms, train accuracy if any."""
+    if not history:
+        return "trained 0 epochs"
+    last = history[-1]
+    terms = [k for k in last if k not in ("epoch", "stage", "lr", "train_accuracy", "loss")]
+    line = f"trained {last['epoch']} epoch(s): final loss {last.get('loss', float('nan')):.4f}"
+    if terms:
+        line += " (" + ", ".join(f"{k} {last[k]:.4f}" for k in terms) + ")"
+    if "train_accuracy" in last:
+        line += f", train accuracy {last['train_accuracy']:.4f}"
+    return line
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -306,4 +328,4 @@ def _progress(iterable, enabled: bool, desc: str):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit="batch", leave=False)
+    return tqdm(iterable, desc=desc, unit="batch", disable=None)  # silent when not a terminal

@@ -43,7 +43,7 @@ def extract_features(model: FeatureHashModel, images: ImageList, *, batch_size: 
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="extracting features", unit="batch")
+        loader = tqdm(loader, desc="extracting features", unit="batch", disable=None)
     features, targets, skipped = [], [], []
     for batch in loader:
         skipped.extend((images.samples[i][0], reason) for i, reason in batch.failed)

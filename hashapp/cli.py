@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
 # encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
@@ -26,6 +27,24 @@ def _set_threads(ctx: click.Context, _param, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _set_quiet(ctx: click.Context, _param, quiet: bool) -> None:
+    ctx.meta["hashindex.quiet"] = quiet
+
+
+def _progress() -> bool:
+    """Show progress bars unless ``--quiet`` (they are silent anyway when stderr is no terminal)."""
+    return not click.get_current_context().meta.get("hashindex.quiet", False)
+
+
+def _echo_training_summary(model_path: Path) -> None:
+    from encoders.checkpoint import read_encoder_file
+    from encoders.training import training_summary
+
+    history = read_encoder_file(model_path).get("extra", {}).get("history")
+    if history:
+        click.echo(training_summary(history))
+
+
 class _Group(click.Group):
     """Bad input (``ValueError``, hence ``ShardError``; a missing or existing file) ends a command
     with one ``Error: <message>`` line and exit status 1 rather than a traceback."""
@@ -40,6 +59,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads, expose_value=False,
               help="Threads for Faiss and torch (default: all cores).")
+@click.option("--quiet", "-q", is_flag=True, callback=_set_quiet, expose_value=False, is_eager=True,
+              help="No progress bars (they are off anyway when stderr is not a terminal).")
 @click.version_option(package_name="hashindex")
 def main() -> None:
     """Image retrieval with deep binary hashing: train an encoder, encode an image folder
@@ -100,7 +121,8 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
                            checkpoint_dir, resume)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
-                         init_trunk_from=init_from)
+                         init_trunk_from=init_from, progress=_progress())
+    _echo_training_summary(path)
     click.echo(f"saved encoder to {path}")
 
 
@@ -134,7 +156,7 @@ def encode(image_dir, model_path, out, shard_size, batch_size, resume, device, r
         _report_skipped([(s["path"], s["reason"]) for s in ray_report.skipped], out / SKIPPED_REPORT)
         return
     report = encode_folder(load_encoder(model_path), image_dir, out, shard_size=shard_size, batch_size=batch_size,
-                           resume=resume, device=device)
+                           resume=resume, device=device, progress=_progress())
     click.echo(f"encoded {report.encoded} images into {out} ({report.total} records in the store)")
     _report_skipped(report.skipped, out / SKIPPED_REPORT)
 
@@ -156,7 +178,7 @@ def index_cmd(shards, spec, out, model_path):
     """Load the shards in SHARDS into a Faiss binary index and save it to --out."""
     from .pipeline import index_shards
 
-    index = index_shards(shards, out, spec=spec, model_path=model_path)
+    index = index_shards(shards, out, spec=spec, model_path=model_path, progress=_progress())
     click.echo(f"saved {index} to {out}")
 
 
@@ -168,13 +190,25 @@ def index_cmd(shards, spec, out, model_path):
               help="Encoder file (default: the one recorded with the index).")
 @click.option("--rerank", is_flag=True, help="Rerank a Hamming candidate pool by Euclidean distance on F7.")
 @click.option("--candidates", type=click.IntRange(min=1), default=1000, help="Pool size for --rerank.")
+@click.option("--label", "labels", multiple=True, help="Only neighbours of this class (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def search(index_dir, query_images, k, model_path, rerank, candidates, as_json):
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the neighbours as a self-contained HTML page.")
+@click.option("--grid", "grid_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the neighbours as a PNG grid.")
+def search(index_dir, query_images, k, model_path, rerank, candidates, labels, as_json, html_out, grid_out):
     """Find the k nearest neighbours of each QUERY_IMAGE in the index at INDEX_DIR and vote its class."""
     from .query import search_images
 
     results = search_images(index_dir, query_images, k=k, model_path=model_path, rerank=rerank,
-                            candidates=candidates)
+                            candidates=candidates, labels=list(labels) or None)
+    if html_out or grid_out:
+        from .viz import results_grid, results_html
+
+        if html_out:
+            results_html(results, html_out)
+        if grid_out:
+            results_grid(results, grid_out)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -223,8 +257,11 @@ def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
                             batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
+                            progress=_progress(),
                             config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
                                                  seed, device))
+    if model_path is None:
+        _echo_training_summary(result.model_path)
     click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")
     from encoders.encode import SKIPPED_REPORT
 
@@ -241,16 +278,38 @@ def demo(out, epochs, bits, seed):
     """Run the whole job on sklearn's embedded digits and print its figures."""
     from .demo import run_demo
 
-    run_demo(out, epochs=epochs, bits=bits, seed=seed, echo=click.echo)
+    run_demo(out, epochs=epochs, bits=bits, seed=seed, echo=click.echo, progress=_progress())
 
 
 @main.command("list")
 def list_cmd():
-    """List the registered encoders and backbones."""
-    from encoders import list_backbones, list_encoders
+    """List the hashing methods and backbones, one line each, and whether weights are available."""
+    from .catalogue import catalogue_lines
 
-    click.echo("encoders:  " + ", ".join(list_encoders()))
-    click.echo("backbones: " + ", ".join(list_backbones()))
+    click.echo("\n".join(catalogue_lines()))
+
+
+@main.command("export")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="ann-benchmarks: one HDF5 file (Hamming dataset); faiss: a directory with index.faiss and rows.csv.")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="ann-benchmarks: test codes sampled from the index and held out of train.")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True,
+              help="ann-benchmarks: exact neighbours stored per test code.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def export_cmd(index_dir, out, fmt, queries, count, seed):
+    """Export the index at INDEX_DIR to OUT for ann-benchmarks or raw Faiss (see `hashindex.export`)."""
+    from hashindex.export import export_ann_benchmarks, export_faiss
+    from hashindex.index import HashIndex
+
+    index = HashIndex.load(index_dir)
+    if fmt == "faiss":
+        export_faiss(index, out)
+    else:
+        export_ann_benchmarks(index, out, queries=queries, count=count, seed=seed)
+    click.echo(f"exported {len(index)} codes to {out} ({fmt})")
 
 
 from .serve import serve_command  # noqa: E402 - cheap: Ray is imported only when it runs
@@ -260,6 +319,15 @@ main.add_command(serve_command)
 from .bench import bench_command  # noqa: E402 - matplotlib and usearch are imported only when it runs
 
 main.add_command(bench_command)
+
+from .update import add_command, remove_command  # noqa: E402 - torch is imported only when they run
+
+main.add_command(add_command)
+main.add_command(remove_command)
+
+from .web import serve_http_command  # noqa: E402 - Starlette and uvicorn are imported only when it runs
+
+main.add_command(serve_http_command)
 
 if __name__ == "__main__":
     main()

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.index import HashIndex
-from hashindex.store import ShardReader
+from hashindex.store import ShardReader, read_store_info
+from hashindex.vote import majority_vote
 
 from .evaluate import evaluate
 
 
-def _recorded(index: HashIndex, key: str, given, what: str) -> Path:
+def recorded(index: HashIndex, key: str, given, what: str) -> Path:
     if given is not None:
         return Path(given)
     if key not in index.metadata:
@@ -22,58 +23,105 @@ def _recorded(index: HashIndex, key: str, given, what: str) -> Path:
 
 
 def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int = 8, model_path=None,
-                  rerank: bool = False, candidates: int = 1000) -> list[dict]:
-    """Encode ``query_images`` with the index's encoder, search, vote; one dict per query with its
-    neighbours (id, distance, class, path) and voted class, or an ``error`` for an unreadable image."""
+                  rerank: bool = False, candidates: int = 1000, labels=None) -> list[dict]:
+    """Encode ``query_images`` with the index's encoder, search, vote; one dict per query (see
+    :func:`query_results`), or ``{"query", "error"}`` for an unreadable image. ``labels``
+    (class names or ints) restricts the neighbours to those classes."""
     from encoders import load_encoder
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
-    model = load_encoder(_recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
     codes, features, encoded, failed = encode_files(model, query_images)
-    if rerank:
-        D, I = index.search_rerank(codes, features, k=k, candidates=candidates)
-        votes = index.vote(codes, k=k, features=features, candidates=candidates)
-    else:
-        D, I = index.search(codes, k=k)
-        votes = index.vote(codes, k=k)
-    paths = _paths_of(index, I)
-    names = index.class_names
-
-    def class_name(label: int) -> str:
-        return names[label] if 0 <= label < len(names) else str(label)
-
     results: list[dict] = [{"query": os.fspath(p), "error": reason} for p, reason in failed]
-    for row, position in enumerate(encoded):
+    names = [os.fspath(query_images[position]) for position in encoded]
+    return results + query_results(index, PathLookup(index), names, codes, features if rerank else None,
+                                   k=k, candidates=candidates, labels=labels)
+
+
+def query_results(index: HashIndex, paths: "PathLookup", names: list[str], codes: np.ndarray,
+                  features: np.ndarray | None = None, *, k: int = 8, candidates: int = 1000,
+                  labels=None) -> list[dict]:
+    """Search and vote for encoded queries: per query ``{"query", "voted_class", "distance_kind",
+    "neighbours": [{"id", "distance", "class", "path"}]}``. With ``features`` the neighbours are
+    reranked by Euclidean distance on F7 (float distances, ``distance_kind`` "euclidean"),
+    otherwise Hamming (integer distances)."""
+    if features is not None:
+        D, I = index.search_rerank(codes, features, k=k, candidates=candidates, labels=labels)
+    else:
+        D, I = index.search(codes, k=k, labels=labels)
+    votes = majority_vote(index.labels_of(I))  # what index.vote gives, without searching again
+    path_of = paths.lookup(I)
+    kind, as_number = ("euclidean", float) if features is not None else ("hamming", int)
+    results = []
+    for row, name in enumerate(names):
         valid = I[row] >= 0
-        labels = index.labels_of(I[row][valid])
         results.append({
-            "query": os.fspath(query_images[position]),
-            "voted_class": class_name(int(votes[row])) if votes[row] >= 0 else None,
+            "query": name,
+            "voted_class": class_name(index, int(votes[row])) if votes[row] >= 0 else None,
+            "distance_kind": kind,
             "neighbours": [
-                {"id": int(i), "distance": float(d), "class": class_name(int(lab)), "path": paths.get(int(i), "")}
-                for i, d, lab in zip(I[row][valid], D[row][valid], labels)
+                {"id": int(i), "distance": as_number(d), "class": class_name(index, int(lab)),
+                 "path": path_of.get(int(i), "")}
+                for i, d, lab in zip(I[row][valid], D[row][valid], index.labels_of(I[row][valid]))
             ],
         })
     return results
 
 
-def _paths_of(index: HashIndex, ids: np.ndarray) -> dict[int, str]:
-    """Image paths of the given ids, from the shards the index was built from (if still there)."""
-    shards = index.metadata.get("shards")
-    if not shards or not Path(shards).is_dir():
-        return {}
-    data = ShardReader(shards).read(("ids", "paths"))
-    wanted = set(int(i) for i in np.unique(ids) if i >= 0)
-    root = index.metadata.get("image_root", "")
-    return {int(i): os.path.join(root, p) for i, p in zip(data["ids"], data["paths"]) if int(i) in wanted}
+def class_name(index: HashIndex, label: int) -> str:
+    """The class name of a label (the number itself for a label without a name)."""
+    names = index.class_names
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
+class PathLookup:
+    """Image paths of ids, read from the shard store the index was built from (if still there).
+
+    Only the shards whose id range holds a wanted id are read, and each is read once per
+    lookup object; a shard appended later (``hashindex add``) is found by re-reading the manifest.
+    """
+
+    def __init__(self, index: HashIndex) -> None:
+        store = index.metadata.get("shards")
+        self.store = Path(store) if store and Path(store).is_dir() else None
+        self.root = index.metadata.get("image_root", "")
+        self._shards: dict[str, dict[int, str]] = {}
+        self._entries: list[dict] = []
+
+    def lookup(self, ids: np.ndarray) -> dict[int, str]:
+        """``{id: path}`` for the stored ids among ``ids`` (``-1`` and unknown ids left out)."""
+        wanted = {int(i) for i in np.unique(ids) if i >= 0}
+        if self.store is None or not wanted:
+            return {}
+        found = self._from_shards(wanted)
+        if len(found) < len(wanted):  # maybe in a shard added since the manifest was read
+            self._entries = read_store_info(self.store).shards
+            found = self._from_shards(wanted)
+        return found
+
+    def _from_shards(self, wanted: set[int]) -> dict[int, str]:
+        found = {}
+        for entry in self._entries:
+            if any(entry["first_id"] <= i <= entry.get("last_id", entry["first_id"] + entry["count"] - 1)
+                   for i in wanted):
+                table = self._shard(entry["file"])
+                found.update((i, table[i]) for i in wanted if i in table)
+        return found
+
+    def _shard(self, name: str) -> dict[int, str]:
+        if name not in self._shards:
+            shard = ShardReader(self.store, files=[name]).read_shard(self.store / name, fields=("ids", "paths"))
+            paths = shard.paths or [""] * len(shard.ids)
+            self._shards[name] = {int(i): os.path.join(self.root, p) for i, p in zip(shard.ids, paths)}
+        return self._shards[name]
 
 
 def evaluate_index(index_dir, query_shards, *, database=None, k: int = 8, map_k: int | None = 1000) -> dict:
     """Score a saved index with labelled query shards; database codes for mAP come from the
     shards the index was built from unless ``database`` names others."""
     index = HashIndex.load(index_dir)
-    db = ShardReader(_recorded(index, "shards", database, "database shards (--database)")).read(("codes", "labels"))
+    db = ShardReader(recorded(index, "shards", database, "database shards (--database)")).read(("codes", "labels"))
     queries = ShardReader(query_shards)
     if queries.bits != index.bits:
         raise ValueError(f"{query_shards}: {queries.bits}-bit query codes for a {index.bits}-bit index")

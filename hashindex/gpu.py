@@ -195,6 +195,10 @@ class DevicePlacement:
             return self._search_ivf_with_gpu_quantizer(index, gpu, packed, k)
         return self._search_batches(gpu, packed, k)
 
+    def invalidate(self) -> None:
+        """Drop the GPU copy: the CPU index was edited in a way its ``ntotal`` may not show."""
+        self._gpu_index, self._source, self._source_ntotal = None, None, -1
+
     # ------------------------------------------------------------------ internals
     def _fall_back(self, reason: str) -> None:
         if reason not in self._reported:

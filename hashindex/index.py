@@ -13,10 +13,12 @@ import numpy as np
 
 from .durable import fsync_path, replace_durably, write_json_atomic
 from .autotune import TRAIN_CODES_PER_LIST
+from .filters import label_mask, masked_knn
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
 from .rerank import rerank_euclidean
 from .routing import FlatRouting
+from .rows import remove_rows
 from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardReader
 from .vote import majority_vote
@@ -214,6 +216,26 @@ class HashIndex:
             raise ValueError("features contain NaN or infinite values")
         return feats
 
+    def remove(self, ids) -> int:
+        """Remove the codes stored under ``ids`` (ids not present are ignored); returns how many
+        were removed. Flat and IVF indexes remove in place, HNSW is rebuilt from its codes;
+        ``Hash`` / ``MultiHash`` cannot remove (see :mod:`hashindex.rows`)."""
+        ids = np.atleast_1d(np.asarray(ids))
+        rows = self.rows_of(int_column(ids, len(ids), "ids"))
+        rows = np.unique(rows[rows >= 0])
+        if len(rows) == 0:
+            return 0
+        self._index = remove_rows(self._index, self.spec, rows)
+        self._placement.invalidate()
+        self._routing.invalidate()
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        features = self.features
+        self._labels, self._ids = self._labels[keep], self._ids[keep]
+        self._feature_chunks = [] if features is None else [features[keep]]
+        self._ids_are_rows = bool(np.array_equal(self._ids, np.arange(len(self._ids))))
+        return len(rows)
+
     @classmethod
     def from_shards(cls, directory, spec: "str | IndexSpec" = "flat", *, features: bool = True,
                     progress: bool = True, device: str = "cpu") -> "HashIndex":
@@ -252,13 +274,21 @@ class HashIndex:
             return rows
         return np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
 
-    def search(self, codes, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes, k: int = 8, labels=None) -> tuple[np.ndarray, np.ndarray]:
         """Hamming kNN: ``(D, I)``, int32 distances and int64 ids, ``(nq, k)``, nearest first.
 
         Slots beyond the available neighbours hold id ``-1`` and distance ``MISSING_DISTANCE``.
+        ``labels`` (ints or class names) restricts the neighbours to those classes, exactly
+        (see :mod:`hashindex.filters`).
         """
-        D, rows = self.search_rows(check_queries(codes, k, self.bits), k)
+        D, rows = self._knn_rows(check_queries(codes, k, self.bits), k, labels)
         return D, self.rows_to_ids(rows)
+
+    def _knn_rows(self, packed: np.ndarray, k: int, labels) -> tuple[np.ndarray, np.ndarray]:
+        if labels is None:
+            return self.search_rows(packed, k)
+        mask = label_mask(labels, self._labels, self.class_names)
+        return masked_knn(self._index, self.spec, self._faiss_codes(packed), int(k), mask)
 
     def range_search(self, codes, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored code within Hamming distance ``radius`` (inclusive) of each query.
@@ -282,41 +312,45 @@ class HashIndex:
         return self._index.range_search(self._faiss_codes(packed), int(radius) + 1)
 
     def search_rerank(self, codes, features, k: int = 8, candidates: int = 1000,
-                      radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      radius: int | None = None, labels=None) -> tuple[np.ndarray, np.ndarray]:
         """Coarse-then-fine search: a Hamming pool, reranked by Euclidean distance on features.
 
         The pool is the ``candidates`` nearest codes, or with ``radius`` every code within
-        that Hamming radius. Returns float32 Euclidean distances and int64 ids, ``(nq, k)``,
-        padded with ``inf`` / ``-1`` when a pool holds fewer than ``k``.
+        that Hamming radius; ``labels`` restricts the pool as in :meth:`search`. Returns float32
+        Euclidean distances and int64 ids, ``(nq, k)``, padded with ``inf`` / ``-1`` when a pool
+        holds fewer than ``k``.
         """
         packed = check_queries(codes, k, self.bits)
-        D, rows = self._rerank_rows(packed, features, k, candidates, radius)
+        D, rows = self._rerank_rows(packed, features, k, candidates, radius, labels)
         return D, self.rows_to_ids(rows)
 
-    def _rerank_rows(self, packed, features, k, candidates, radius):
+    def _rerank_rows(self, packed, features, k, candidates, radius, labels=None):
         stored = self.features
         if stored is None and len(self):
             raise ValueError("this index holds no features; add codes with features=... to use search_rerank")
         q = check_query_features(features, len(packed), None if stored is None else stored.shape[1])
         if radius is not None:
+            if labels is not None:
+                raise ValueError("labels filter kNN pools; pass candidates= instead of radius=")
             pool = range_pool(*self.range_search_rows(packed, radius))
         else:
-            pool = self.search_rows(packed, check_candidates(candidates))[1]
+            pool = self._knn_rows(packed, check_candidates(candidates), labels)[1]
         if stored is None:  # an empty index: nothing to rerank, every slot is padding
             return np.full((len(packed), k), np.inf, np.float32), np.full((len(packed), k), -1, np.int64)
         return rerank_euclidean(q, stored, pool, k)
 
     def vote(self, codes, k: int = 8, features=None, candidates: int = 1000,
-             radius: int | None = None) -> np.ndarray:
+             radius: int | None = None, labels=None) -> np.ndarray:
         """Majority label over each query's ``k`` nearest labelled neighbours (``-1`` if none).
 
-        With ``features`` the neighbours come from :meth:`search_rerank` instead of Hamming kNN.
+        With ``features`` the neighbours come from :meth:`search_rerank` instead of Hamming kNN;
+        ``labels`` restricts them as in :meth:`search`.
         """
         packed = check_queries(codes, k, self.bits)
         if features is None:
-            rows = self.search_rows(packed, k)[1]
+            rows = self._knn_rows(packed, k, labels)[1]
         else:
-            rows = self._rerank_rows(packed, features, k, candidates, radius)[1]
+            rows = self._rerank_rows(packed, features, k, candidates, radius, labels)[1]
         return majority_vote(self.labels_of_rows(rows))
 
     def labels_of_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -325,14 +359,19 @@ class HashIndex:
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
         """Labels of stored ids (``-1`` for id ``-1``)."""
-        ids = np.asarray(ids)
+        return self.labels_of_rows(self.rows_of(ids))
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of stored ids (``-1`` for an id not stored)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self._ids):
+            return np.full(ids.shape, -1, dtype=np.int64)
         if self._ids_are_rows:
-            return self.labels_of_rows(ids)
+            return np.where((ids >= 0) & (ids < len(self._ids)), ids, -1)
         order = np.argsort(self._ids)
         pos = np.searchsorted(self._ids, ids, sorter=order)
         rows = order[np.minimum(pos, len(order) - 1)]
-        found = (ids >= 0) & (self._ids[rows] == ids)
-        return np.where(found, self._labels[rows], -1)
+        return np.where((ids >= 0) & (self._ids[rows] == ids), rows, -1)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory) -> Path:

@@ -187,6 +187,10 @@ class FlatRouting:
         self._router.attach(index.ntotal, _flat_rows(index))
         return self._router.search(packed, k)
 
+    def invalidate(self) -> None:
+        """Forget the engines' copies: the index was edited in a way its ``ntotal`` may not show."""
+        self._index, self._router = None, None
+
     def _build(self, index: faiss.IndexBinaryFlat) -> Router | None:
         if self.fixed is not None:
             names = sorted(set(self.fixed.values()))

@@ -114,7 +114,7 @@ class ShardReader:
         if progress:
             from tqdm.auto import tqdm
 
-            shards = tqdm(shards, desc=f"loading {self.directory.name}", unit="shard")
+            shards = tqdm(shards, desc=f"loading {self.directory.name}", unit="shard", disable=None)
         offset = 0
         for path in shards:
             try:

@@ -47,6 +47,40 @@ def test_search_prints_neighbours_paths_and_vote(built, digits_folder):
     assert text.exit_code == 0 and "voted class:" in text.output and str(query.resolve()) in text.output
 
 
+def test_search_json_distances_labels_html_and_grid(built, digits_folder, tmp_path):
+    queries = [str(sorted((digits_folder / c).iterdir())[0]) for c in ("0", "3")]
+    runner = CliRunner()
+    result = runner.invoke(main, ["search", str(built / "index"), *queries, "-k", "5", "--json", "--label", "1",
+                                  "--label", "2", "--html", str(tmp_path / "r.html"), "--grid", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    for item in items:
+        assert item["distance_kind"] == "hamming" and len(item["neighbours"]) == 5
+        assert all(type(n["distance"]) is int and n["class"] in ("1", "2") for n in item["neighbours"])
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("class='neighbour'") == 10 and page.count("data:image/png;base64,") == 12
+    from PIL import Image
+
+    assert Image.open(tmp_path / "r.png").size[0] > 500  # 1 query + 5 neighbours per row
+    reranked = json.loads(runner.invoke(main, ["search", str(built / "index"), queries[0], "--json", "--rerank",
+                                               "--candidates", "20"]).stdout)
+    assert reranked[0]["distance_kind"] == "euclidean" and type(reranked[0]["neighbours"][0]["distance"]) is float
+
+
+def test_grid_title_states_the_real_k(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from hashapp.viz import neighbour_grid
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, text, **kw: titles.append(text))
+    image = np.zeros((8, 8), np.uint8)
+    neighbour_grid([image], [0], [[image] * 3], [[0, 1, 0]], tmp_path / "g.png")
+    neighbour_grid([image], [None], [[image] * 12], [[0] * 12], tmp_path / "h.png")
+    assert titles == ["Queries and their 3 nearest neighbours (red ✗: wrong class)",
+                      "Queries and their 12 nearest neighbours"]
+
+
 def test_search_reports_unreadable_query(built, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("nope")
@@ -108,9 +142,70 @@ def test_training_choices_match_the_training_loop():
     assert AUGMENT_CHOICES == tuple("none" if a is None else a for a in AUGMENTATIONS)
 
 
-def test_list_command():
-    result = CliRunner().invoke(main, ["list"])
-    assert "dlbhc" in result.output and "small_cnn" in result.output
+def test_list_command_describes_every_registered_method_and_backbone():
+    from encoders import list_backbones, list_encoders
+    from hashapp.catalogue import BACKBONES, METHODS
+
+    assert sorted(METHODS) == list_encoders() and sorted(BACKBONES) == list_backbones()
+    lines = CliRunner().invoke(main, ["list"]).output.splitlines()
+    for name in [*METHODS, *BACKBONES]:
+        (line,) = [line for line in lines if line.split()[:1] == [name]]
+        assert len(line.split()) > 3  # a description follows the name
+    assert any("efficientnet_lite0" in line and "weights installed" in line for line in lines)
+
+
+def test_list_imports_no_torch():
+    import subprocess
+    import sys
+
+    script = ("import sys\nsys.modules['torch'] = None\nfrom hashapp.cli import main\n"
+              "main(['list'], standalone_mode=False)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hashnet" in result.stdout
+
+
+def _train_with_stderr_on_a_terminal(tmp_path, digits_folder, *options) -> tuple[str, str]:
+    """Run `hashindex train` in a subprocess whose stderr is a pseudo-terminal: (stdout, stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    import fcntl
+    import struct
+    import termios
+
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # tqdm draws nothing at width 0
+    with open(os.devnull) as nothing:
+        result = subprocess.run([sys.executable, "-m", "hashapp.cli", *options, "train", str(digits_folder),
+                                 "--out", str(tmp_path / "m.pt"), *TINY], stdin=nothing, stdout=subprocess.PIPE,
+                                stderr=terminal, text=True, timeout=600)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the terminal is closed and drained
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main_fd)
+    assert result.returncode == 0, seen.decode(errors="replace")[-2000:]
+    return result.stdout, seen.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_training_prints_a_summary_and_progress_only_on_a_terminal_unless_quiet(tmp_path, digits_folder):
+    out, terminal = _train_with_stderr_on_a_terminal(tmp_path, digits_folder)
+    assert "epoch 2/2" in terminal  # the bars stay on screen (the training history)
+    assert "trained 2 epoch(s): final loss" in out and "train accuracy" in out
+    out, terminal = _train_with_stderr_on_a_terminal(tmp_path, digits_folder, "--quiet")
+    assert "epoch 1/2" not in terminal and "trained 2 epoch(s)" in out
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "m.pt"), *TINY])
+    assert result.exit_code == 0 and "\r" not in result.stderr  # not a terminal: silent without --quiet
 
 
 @pytest.mark.slow

@@ -1,0 +1,162 @@
+"""Day-two edits of a saved index: add images encoded with the index's own model, remove records.
+
+An add appends the new records to the index's shard store (one new shard file; new class
+names appended to the store's list, so existing labels never change) and then saves the
+index with the new codes added (a new version swapped in atomically, see
+:meth:`HashIndex.save`). Nothing already stored is re-encoded, and a flat or IVF index is not
+rebuilt: new codes go into the loaded Faiss index, which is written out again.
+A removal drops records from the index only: the store keeps them, so rebuilding the index
+from the store (`hashindex index`) brings removed records back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import click
+import numpy as np
+
+from hashindex.index import HashIndex
+from hashindex.store import ShardWriter, extend_class_names, read_store_info
+
+
+@dataclass
+class AddReport:
+    """What an add did: the ids given to the new records, the classes it created, skipped files."""
+
+    ids: np.ndarray
+    new_classes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  #: (path, reason)
+
+
+def collect_images(sources: Sequence["str | os.PathLike"], label: str | None = None) -> list[tuple[str, str | None]]:
+    """``(path, class name or None)`` of every image in ``sources`` (files or folders).
+
+    A folder with class sub-folders gives each image its sub-folder's class; other images get
+    ``label`` (None: unlabelled). ``label`` given overrides the sub-folders.
+    """
+    from encoders.data import list_images
+
+    found: list[tuple[str, str | None]] = []
+    for source in sources:
+        if Path(source).is_dir():
+            images = list_images(source, supervised=False)
+            found.extend((path, label if label is not None or cls < 0 else images.classes[cls])
+                         for path, cls in images.samples)
+        elif Path(source).is_file():
+            found.append((os.fspath(source), label))
+        else:
+            raise FileNotFoundError(f"{source}: no such image file or folder")
+    return found
+
+
+def store_of(index: HashIndex) -> Path:
+    """The shard store the index was built from (recorded in its metadata)."""
+    store = index.metadata.get("shards")
+    if not store or not Path(store).is_dir():
+        raise ValueError("the index records no shard store (build it with `hashindex index SHARDS`); "
+                         "images can only be added to an index that has one")
+    return Path(store)
+
+
+def append_records(index: HashIndex, index_dir: "str | os.PathLike", codes: np.ndarray, features: np.ndarray,
+                   paths: Sequence[str], classes: Sequence[str | None]) -> AddReport:
+    """Append encoded images to the index's store and to the index, then save the index."""
+    store = store_of(index)
+    info = read_store_info(store)
+    if info.class_names != index.class_names:
+        raise ValueError(f"{store}: the store's class names {info.class_names} differ from the index's "
+                         f"{index.class_names}; rebuild the index from the store first")
+    if info.bits != index.bits:
+        raise ValueError(f"{store}: {info.bits}-bit store for a {index.bits}-bit index")
+    names = extend_class_names(store, [c for c in classes if c is not None])
+    new_classes = names[len(index.class_names):]
+    labels = np.array([-1 if c is None else names.index(c) for c in classes], dtype=np.int64)
+    features = features.astype(info.feature_dtype) if info.feature_dim is not None else None
+    with ShardWriter(store, info.bits, feature_dim=info.feature_dim, feature_dtype=info.feature_dtype,
+                     class_names=names, resume=True) as writer:
+        ids = writer.add(codes, labels=labels, features=features,
+                         paths=[os.path.abspath(p) for p in paths])  # absolute: outside the image root
+    index.class_names = names
+    index.add(codes, labels=labels, ids=ids, features=features if index.feature_dim is not None else None)
+    index.save(index_dir)
+    return AddReport(ids=ids, new_classes=new_classes)
+
+
+def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathLike"], *, label: str | None = None,
+               model_path: "str | os.PathLike | None" = None, batch_size: int = 64,
+               index: HashIndex | None = None, model=None) -> AddReport:
+    """Encode the images in ``sources`` with the index's model and add them to its store and index
+    (see :func:`collect_images` for labels). ``index`` / ``model``: already loaded ones to use."""
+    from encoders import load_encoder
+    from encoders.encode import encode_files
+
+    from .query import recorded
+
+    index = HashIndex.load(index_dir) if index is None else index
+    if model is None:
+        model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    items = collect_images(sources, label)
+    codes, features, encoded, failed = encode_files(model, [path for path, _ in items], batch_size=batch_size)
+    if not encoded:
+        return AddReport(ids=np.empty(0, np.int64), skipped=failed)
+    report = append_records(index, index_dir, codes, features, [items[i][0] for i in encoded],
+                            [items[i][1] for i in encoded])
+    report.skipped = failed
+    return report
+
+
+def remove_records(index_dir: "str | os.PathLike", *, ids: Sequence[int] | None = None,
+                   label: str | None = None, index: HashIndex | None = None) -> int:
+    """Remove records by id and / or by class name from the saved index; returns how many went."""
+    index = HashIndex.load(index_dir) if index is None else index
+    if ids is None and label is None:
+        raise ValueError("give ids or a label to remove")
+    chosen = np.asarray(list(ids or []), dtype=np.int64)
+    if label is not None:
+        if label not in index.class_names:
+            raise ValueError(f"unknown class {label!r}; the index has {index.class_names}")
+        chosen = np.concatenate([chosen, index.ids[index.labels == index.class_names.index(label)]])
+    removed = index.remove(chosen)
+    if removed:
+        index.save(index_dir)
+    return removed
+
+
+@click.command("add")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--label", default=None, help="Class name for every added image (new names are allowed). "
+                                            "Default: a folder's class sub-folders, else unlabelled.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Encoder file (default: the one recorded with the index).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64)
+def add_command(index_dir, sources, label, model_path, batch_size):
+    """Encode the images in SOURCES (files or folders) with the index's model and add them
+    to the index at INDEX_DIR and to its shard store."""
+    report = add_images(index_dir, sources, label=label, model_path=model_path, batch_size=batch_size)
+    for path, reason in report.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not len(report.ids):
+        raise click.ClickException("no readable image to add")
+    click.echo(f"added {len(report.ids)} image(s) to {index_dir} as ids {report.ids[0]}..{report.ids[-1]}"
+               + (f"; new classes: {', '.join(report.new_classes)}" if report.new_classes else ""))
+
+
+@click.command("remove")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--ids", default=None, help="Comma-separated ids to remove.")
+@click.option("--label", default=None, help="Remove every record of this class.")
+def remove_command(index_dir, ids, label):
+    """Remove records from the index at INDEX_DIR by id and / or class (the shard store keeps them)."""
+    try:
+        id_list = None if ids is None else [int(i) for i in ids.split(",") if i.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"--ids takes comma-separated integers ({exc})") from exc
+    if id_list is None and label is None:
+        raise click.UsageError("give --ids and / or --label")
+    click.echo(f"removed {remove_records(index_dir, ids=id_list, label=label)} record(s) from {index_dir}")
+

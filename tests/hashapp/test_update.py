@@ -1,0 +1,83 @@
+"""`hashindex add` / `hashindex remove` on a saved index and its store."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashapp.cli import main
+from hashindex import HashIndex, ShardReader
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def test_add_a_new_class_folder_is_voted_for_its_own_images_at_once(tiny_build, new_class_folder):
+    index_dir, shards = tiny_build / "index", tiny_build / "shards"
+    before = HashIndex.load(index_dir)
+    result = _invoke("add", index_dir, new_class_folder)
+    assert result.exit_code == 0, result.output
+    assert "added 30 image(s)" in result.output and "new classes: 4" in result.output
+    index = HashIndex.load(index_dir)
+    assert index.class_names == ["0", "1", "2", "3", "4"] and len(index) == len(before) + 30
+    # The store stays one consistent store: same class list, unique ids, the index's ids.
+    store = ShardReader(shards)
+    data = store.read(("labels", "ids", "paths"))
+    assert store.class_names == index.class_names and np.array_equal(np.sort(data["ids"]), np.sort(index.ids))
+    assert np.array_equal(index.ids[:len(before)], before.ids) and index.ids[len(before)] == before.ids.max() + 1
+    assert (data["labels"][-30:] == 4).all() and all(p.startswith(str(new_class_folder)) for p in data["paths"][-30:])
+    # Each new image is voted class 4 from its 8 nearest neighbours.
+    new = sorted(str(p) for p in (new_class_folder / "4").iterdir())
+    search = _invoke("search", index_dir, *new, "-k", "8", "--json")
+    assert search.exit_code == 0, search.output
+    items = json.loads(search.output)
+    votes = [item["voted_class"] for item in items]
+    assert votes.count("4") >= 24, votes  # 80 %: with labels lost or shifted it is 0
+    assert all(item["neighbours"][0]["distance"] == 0 for item in items)  # each one is indexed
+
+
+def test_add_files_with_a_label_then_an_existing_class(tiny_build, new_class_folder):
+    index_dir = tiny_build / "index"
+    files = sorted((new_class_folder / "4").iterdir())
+    assert _invoke("add", index_dir, *files[:5], "--label", "four").exit_code == 0
+    result = _invoke("add", index_dir, *files[5:8], "--label", "2")  # an existing class keeps its label
+    assert result.exit_code == 0 and "new classes" not in result.output
+    index = HashIndex.load(index_dir)
+    assert index.class_names == ["0", "1", "2", "3", "four"]
+    assert (index.labels[-8:] == [4] * 5 + [2] * 3).all()
+
+
+def test_add_skips_unreadable_files_and_refuses_nothing_readable(tiny_build, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = _invoke("add", tiny_build / "index", bad, "--label", "x")
+    assert result.exit_code == 1 and "no readable image" in result.output and "skipped" in result.output
+    assert len(HashIndex.load(tiny_build / "index")) == 120
+    assert ShardReader(tiny_build / "shards").class_names == ["0", "1", "2", "3"]  # nothing written
+
+
+def test_remove_by_ids_and_label(tiny_build):
+    index_dir = tiny_build / "index"
+    result = _invoke("remove", index_dir, "--ids", "0,1,2,999")
+    assert result.exit_code == 0 and "removed 3 record(s)" in result.output
+    result = _invoke("remove", index_dir, "--label", "3")
+    assert result.exit_code == 0 and "removed 30 record(s)" in result.output
+    index = HashIndex.load(index_dir)
+    assert len(index) == 87 and not np.isin(index.ids, [0, 1, 2]).any() and not (index.labels == 3).any()
+    assert len(ShardReader(tiny_build / "shards")) == 120  # the store keeps them
+    for bad in (("--ids", "a,b"), ("--label", "nope"), ()):
+        result = _invoke("remove", index_dir, *bad)
+        assert result.exit_code != 0 and "Error" in result.output
+
+
+def test_add_needs_the_index_store(tiny_build, tmp_path, new_class_folder):
+    from hashapp.update import add_images
+
+    index = HashIndex.load(tiny_build / "index")
+    index.metadata.pop("shards")
+    index.save(tmp_path / "bare")
+    with pytest.raises(ValueError, match="records no shard store"):
+        add_images(tmp_path / "bare", [new_class_folder])
