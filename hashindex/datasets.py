@@ -2,6 +2,7 @@
 
 - :func:`synthetic_codes`: seeded binary codes, uniform or clustered like trained encoder output,
   with queries held out of the database or perturbed from it.
+- :func:`benchmark_codes`: the benchmark's named data kinds (``clustered10000-perturbed``, ``encoder``).
 - :func:`tiled_codes`: a real encoder's codes copied up to a large collection, with per-copy bit noise.
 - :func:`load_digits_images` / :func:`load_mnist`: real labelled images (embedded / shared).
 - :func:`write_image_folder`: turn arrays of images into a class-per-sub-folder tree.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,47 @@ def synthetic_codes(
     return SyntheticCodes(database, query_codes, database_labels, query_labels,
                           generator + f"; queries: database codes with each bit flipped with "
                                       f"p={query_flip_probability}", sources)
+
+
+#: Per-copy bit-flip probability when encoder codes are tiled up to a database size.
+ENCODER_COPY_NOISE = 0.05
+_DATA_KIND = re.compile(r"(uniform|clustered(\d*)|encoder)(-perturbed)?")
+
+
+def benchmark_codes(data: str, n_database: int, n_queries: int, bits: int, *, seed: int = 0,
+                    encoder_codes: str | os.PathLike | None = None) -> SyntheticCodes:
+    """Codes of a named data kind: ``uniform``; ``clustered`` (100 centres) or ``clustered<C>``
+    (``C`` centres); ``encoder`` (the base codes in the ``encoder_codes`` .npz file written by
+    ``benchmarks/encoder_codes.py``, tiled to ``n_database`` with :data:`ENCODER_COPY_NOISE`;
+    queries: its held-out codes). A ``-perturbed`` suffix makes the queries database codes with
+    5 % of their bits flipped instead of held-out codes."""
+    match = _DATA_KIND.fullmatch(data)
+    if not match:
+        raise ValueError(f"unknown data kind {data!r}; expected uniform, clustered[<centres>] or encoder, "
+                         "optionally with -perturbed")
+    queries = "perturbed" if match.group(3) else "fresh"
+    if match.group(1) != "encoder":
+        kind = "uniform" if match.group(1) == "uniform" else "clustered"
+        return synthetic_codes(n_database, n_queries, bits, kind, n_clusters=int(match.group(2) or 100),
+                               queries=queries, seed=seed)
+    if encoder_codes is None:
+        raise ValueError("data kind 'encoder' needs the codes file of benchmarks/encoder_codes.py")
+    with np.load(encoder_codes) as f:
+        base, base_labels, held_out, held_out_labels = f["base"], f["base_labels"], f["queries"], f["query_labels"]
+    if base.shape[1] * 8 != bits:
+        raise ValueError(f"{encoder_codes}: {base.shape[1] * 8}-bit codes, {bits} asked for")
+    database, labels = tiled_codes(base, base_labels, n_database, ENCODER_COPY_NOISE, seed)
+    generator = (f"{len(base)} ITQ codes of MNIST / sklearn digits images tiled, each copy's bits flipped with "
+                 f"p={ENCODER_COPY_NOISE}, seed {seed}")
+    rng = np.random.default_rng(seed + 1)
+    if queries == "fresh":
+        rows = rng.choice(len(held_out), size=min(n_queries, len(held_out)), replace=False)
+        return SyntheticCodes(database, held_out[rows], labels, held_out_labels[rows],
+                              generator + "; queries: codes of held-out images", np.full(len(rows), -1))
+    sources = rng.choice(n_database, size=n_queries, replace=False)
+    query_codes, query_labels = perturbed_queries(database, labels, sources, 0.05, rng)
+    return SyntheticCodes(database, query_codes, labels, query_labels,
+                          generator + "; queries: database codes with each bit flipped with p=0.05", sources)
 
 
 def perturbed_queries(database: np.ndarray, labels: np.ndarray, rows: np.ndarray, flip_probability: float,

@@ -18,6 +18,12 @@ def load_warning(env: dict) -> str | None:
     return None
 
 
+def target_data(cfg) -> str:
+    """The data kind the issue's targets are read on (``BenchConfig.target_data``, else clustered)."""
+    chosen = cfg.get("target_data") if isinstance(cfg, dict) else cfg.target_data
+    return chosen or "clustered"
+
+
 def select_rows(rows: list[dict], **where) -> list[dict]:
     return [r for r in rows if all(r.get(key) == value for key, value in where.items())]
 
@@ -63,7 +69,8 @@ def compute_targets(result: dict) -> list[dict]:
     if not rows:
         return []
     largest = max(r["size"] for r in rows)
-    data = "clustered" if select_rows(rows, data="clustered") else rows[0]["data"]
+    data = target_data(result["config"])
+    data = data if select_rows(rows, data=data) else rows[0]["data"]
     where = {"size": largest, "data": data, "k": 8}
     at_10m = "" if largest == 10_000_000 else f"the issue sets this at 10M codes; largest size here is {largest:,}"
     targets = []

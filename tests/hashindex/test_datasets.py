@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hashindex.codes import hamming
-from hashindex.datasets import synthetic_codes, tiled_codes
+from hashindex.datasets import benchmark_codes, synthetic_codes, tiled_codes
 
 
 def test_perturbed_queries_are_near_their_source_and_not_in_the_database():
@@ -51,3 +51,34 @@ def test_tiled_codes_copy_the_base_with_per_copy_noise(rng):
     assert noise.mean() == pytest.approx(6.4, rel=0.1)
     again, _ = tiled_codes(base, labels, 1050, 0.1, seed=1)
     np.testing.assert_array_equal(again, codes)
+
+
+@pytest.mark.parametrize("name, centres, mode", [("clustered", 100, "fresh"), ("clustered2500", 2500, "fresh"),
+                                                 ("clustered300-perturbed", 300, "perturbed")])
+def test_benchmark_data_kinds_name_the_generator(name, centres, mode):
+    data = benchmark_codes(name, 2000, 30, 64, seed=4)
+    expected = synthetic_codes(2000, 30, 64, "clustered", n_clusters=centres, queries=mode, seed=4)
+    np.testing.assert_array_equal(data.database, expected.database)
+    np.testing.assert_array_equal(data.queries, expected.queries)
+
+
+def test_encoder_data_kind_tiles_the_codes_file_and_holds_its_queries_out(tmp_path, rng):
+    base = rng.integers(0, 256, (50, 8), dtype=np.uint8)
+    held_out = rng.integers(0, 256, (20, 8), dtype=np.uint8)
+    path = tmp_path / "codes.npz"
+    np.savez(path, base=base, base_labels=np.arange(50) % 10, queries=held_out, query_labels=np.arange(20) % 10)
+    data = benchmark_codes("encoder", 500, 10, 64, encoder_codes=path)
+    np.testing.assert_array_equal(data.database[:50], base)
+    assert {bytes(q) for q in data.queries} <= {bytes(q) for q in held_out}
+    assert not {bytes(q) for q in data.queries} & {bytes(c) for c in data.database}
+    perturbed = benchmark_codes("encoder-perturbed", 500, 10, 64, encoder_codes=path)
+    assert (perturbed.query_sources >= 0).all()
+    with pytest.raises(ValueError, match="32-bit codes, 64 asked for"):
+        np.savez(path, base=base[:, :4], base_labels=np.zeros(50), queries=held_out[:, :4], query_labels=np.zeros(20))
+        benchmark_codes("encoder", 500, 10, 64, encoder_codes=path)
+
+
+@pytest.mark.parametrize("bad", ["clusters", "encoder-noisy", "uniform10"])
+def test_unknown_data_kind_lists_the_valid_ones(bad):
+    with pytest.raises(ValueError, match="expected uniform, clustered"):
+        benchmark_codes(bad, 10, 2, 64)
