@@ -200,7 +200,7 @@ def test_generous_latency_budget_keeps_exact_flat(clustered):
 def test_hashindex_auto_saves_the_resolved_spec(tmp_path, clustered):
     index = HashIndex(64, "auto,recall=0.9")
     index.add(clustered.database)
-    assert index.spec.kind in ("flat", "IVF")  # which one depends on measured latency
+    assert index.spec.kind in ("flat", "IVF", "MultiHash")  # which one depends on measured latency
     report = index.metadata["auto"]
     assert report["request"]["recall"] == 0.9 and report["recall"] >= 0.9
     index.add(clustered.queries[:10])  # later adds grow the chosen index
