@@ -46,8 +46,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--name", default="latency", show_default=True, help="file name stem")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="measure nothing: recompute targets, table and plots of this saved run (into --out)")
-def bench_command(sizes, bits, widths, data, target_data, encoder_codes, ivf_hnsw_lists, ks, queries, budget, hnsw_max_size, hnsw_data, feature_dim, usearch,
-                  rerank, shards, threads, seed, out, name, from_json):
+def bench_command(sizes, bits, widths, data, target_data, encoder_codes, ivf_hnsw_lists, ks, queries, budget,
+                  hnsw_max_size, hnsw_data, feature_dim, usearch, rerank, shards, threads, seed, out, name, from_json):
     """Latency benchmark: index kinds vs raw Faiss, numpy and usearch, with recall, ratios and plots."""
     if from_json:
         result = render_results(from_json, out, name)

@@ -67,8 +67,9 @@ TUNING_QUERIES = 500
 RECALL_MARGIN = 0.005
 #: Single-query latency of each candidate is the median over this many queries.
 LATENCY_QUERIES = 30
-#: Largest ``nflip`` tried on a hash-table kind.
+#: Largest ``nflip`` tried on a hash-table kind, and ``efSearch`` on an HNSW graph.
 MAX_NFLIP = 3
+MAX_EF_SEARCH = 1024
 #: Sub-code width of the MultiHash candidate's tables.
 MULTIHASH_TABLE_BITS = 16
 
@@ -97,9 +98,9 @@ class AutoChoice:
     report: dict
 
 
-def choose_nlist(n: int) -> int:
-    """The power of two nearest ``sqrt(n)``, kept within 16..65536 and ``n / 39``."""
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+def choose_nlist(n: int, per_sqrt: int = 1) -> int:
+    """The power of two nearest ``per_sqrt * sqrt(n)``, kept within 16..65536 and ``n / 39``."""
+    nlist = 2 ** round(math.log2(max(1.0, per_sqrt * math.sqrt(n))))
     nlist = min(max(nlist, 16), 65536)
     while nlist > 16 and n < 39 * nlist:
         nlist //= 2
@@ -156,7 +157,7 @@ def build_auto(codes: np.ndarray, bits: int, params: dict, *, compare_latency: b
     flat = faiss.IndexBinaryFlat(bits)
     flat.add(codes)
     calibration = Calibration.draw(codes, flat, request.k, request.noise, rng)
-    flat_ms = _median_single_ms(flat, calibration.queries[:LATENCY_QUERIES]) if n else 0.0
+    flat_ms = _median_single_ms(flat, calibration.queries[:LATENCY_QUERIES])
     report["flat_latency_ms"] = flat_ms
     report["calibration"] = calibration.describe()
 
@@ -231,9 +232,8 @@ class Calibration:
         sources = np.sort(rng.choice(n, size=min(n, TUNING_QUERIES), replace=False))
         flips = rng.random((len(sources), codes.shape[1] * 8), dtype=np.float32) < noise
         queries = codes[sources] ^ np.packbits(flips, axis=1, bitorder="little")
-        exact_D, exact_I = flat.search(queries, k + 1) if n else (np.zeros((0, k + 1)), np.zeros((0, k + 1)))
-        kept_D, _ = drop_sources(exact_D, exact_I, sources, k)
-        return cls(queries, sources, kept_D[:, k - 1] if n else kept_D[:, :0], k, noise)
+        kept_D, _ = drop_sources(*flat.search(queries, k + 1), sources, k)
+        return cls(queries, sources, kept_D[:, k - 1], k, noise)
 
     def recall(self, search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]) -> float:
         """Distance recall@k of ``search`` on these queries, each query's source row dropped."""
@@ -266,13 +266,13 @@ def _build(spec: IndexSpec, codes: np.ndarray, bits: int, rng: np.random.Generat
 
 
 def _param_limit(index: faiss.IndexBinary, kind: str) -> int:
-    """The value of the kind's search parameter past which nothing more is searched."""
+    """The largest value of the kind's search parameter tuning tries (for ``nprobe``: every list)."""
     param = KINDS[kind].params[0]
     if param == "nprobe":
         return int(index.nlist)
     if param == "nflip":  # buckets probed per table grow as b^nflip
         return min(int(index.b), MAX_NFLIP)
-    return max(1024, 2 * index.ntotal.bit_length())
+    return MAX_EF_SEARCH
 
 
 def tune_search_param(index: faiss.IndexBinary, kind: str, recall_of: Callable, target: float

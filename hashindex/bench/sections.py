@@ -137,9 +137,7 @@ def _bench_ivf(ctx: Context, add_rows, log, features: np.ndarray | None, quantis
     """IVF with nlist ~ ``lists_factor`` * sqrt(n), trained on ``train_per_list`` codes per list,
     over a flat quantiser or (``quantiser_m`` > 0) an HNSW one with that M; nprobe sweep."""
     cfg, db = ctx.cfg, ctx.database
-    nlist = choose_nlist(ctx.size * lists_factor ** 2)
-    while nlist > 16 and ctx.size < 39 * nlist:
-        nlist //= 2
+    nlist = choose_nlist(ctx.size, lists_factor)
     ivf = HashIndex(ctx.bits, f"IVF{nlist}_HNSW{quantiser_m}" if quantiser_m else f"IVF{nlist}")
     rng = np.random.default_rng(cfg.seed)
     train_rows = np.sort(rng.choice(ctx.size, size=min(ctx.size, cfg.train_per_list * nlist), replace=False))
