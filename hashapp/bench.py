@@ -21,7 +21,14 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--bits", default=64, show_default=True, help="code width of the index-kind grid")
 @click.option("--widths", default="32,48,64,80,96,128", show_default=True,
               help="code widths of the padding measurement (flat); empty to skip")
-@click.option("--data", default="uniform,clustered", show_default=True, help="synthetic code kinds")
+@click.option("--data", default="uniform,clustered", show_default=True,
+              help="data kinds: uniform, clustered[<centres>], encoder; -perturbed: queries are database codes "
+                   "with 5%% of bits flipped (default: held-out codes)")
+@click.option("--target-data", default=None, help="data kind the targets are read on (default: clustered)")
+@click.option("--encoder-codes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="codes file of benchmarks/encoder_codes.py, for the encoder data kinds")
+@click.option("--ivf-hnsw-lists", default=4, show_default=True,
+              help="IVF over an HNSW quantiser with this many times sqrt(n) lists, on the target data (0: skip)")
 @click.option("--ks", default="8,1000", show_default=True, help="k values")
 @click.option("--queries", default=1000, show_default=True, help="query codes (and the largest batch)")
 @click.option("--budget", default=0.3, show_default=True, help="seconds per timed figure")
@@ -39,8 +46,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--name", default="latency", show_default=True, help="file name stem")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="measure nothing: recompute targets, table and plots of this saved run (into --out)")
-def bench_command(sizes, bits, widths, data, ks, queries, budget, hnsw_max_size, hnsw_data, feature_dim, usearch,
-                  rerank, shards, threads, seed, out, name, from_json):
+def bench_command(sizes, bits, widths, data, target_data, encoder_codes, ivf_hnsw_lists, ks, queries, budget,
+                  hnsw_max_size, hnsw_data, feature_dim, usearch, rerank, shards, threads, seed, out, name, from_json):
     """Latency benchmark: index kinds vs raw Faiss, numpy and usearch, with recall, ratios and plots."""
     if from_json:
         result = render_results(from_json, out, name)
@@ -48,7 +55,8 @@ def bench_command(sizes, bits, widths, data, ks, queries, budget, hnsw_max_size,
         cfg = BenchConfig(sizes=_int_list(sizes), bits=bits, widths=_int_list(widths), data=tuple(data.split(",")),
                           ks=_int_list(ks), batch=queries, queries=queries, budget_s=budget,
                           hnsw_max_size=_int_list(hnsw_max_size)[0], hnsw_data=tuple(hnsw_data.split(",")),
-                          feature_dim=feature_dim, usearch=usearch, rerank=rerank, shards=shards, seed=seed)
+                          feature_dim=feature_dim, usearch=usearch, rerank=rerank, shards=shards, seed=seed,
+                          target_data=target_data, encoder_codes=encoder_codes, ivf_hnsw_lists=ivf_hnsw_lists)
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(threads or previous)
         try:

@@ -1,10 +1,10 @@
-"""The ``auto`` index spec: choose the index kind, ``nlist`` and ``nprobe`` from the data.
+"""The ``auto`` index spec: choose the index kind and its parameters from the data.
 
 ``parse_spec("auto")``, ``"auto,recall=0.9"`` or
-``"auto,recall=0.95,k=8,latency_ms=1,memory_mb=512"`` name a request, not an index:
-:class:`~hashindex.HashIndex` resolves it at its first :meth:`~hashindex.HashIndex.add`,
-from the size of that batch, by measuring on the codes themselves (the way autofaiss
-tunes float indexes), and records the choice and the measurements in
+``"auto,recall=0.95,k=8,latency_ms=1,memory_mb=512,noise=0.05"`` name a request, not an
+index: :class:`~hashindex.HashIndex` resolves it at its first
+:meth:`~hashindex.HashIndex.add`, from that batch, by measuring on the codes themselves,
+and records the choice, every candidate tried and how recall was measured in
 ``index.metadata["auto"]``.
 
 Request parameters (all optional):
@@ -13,52 +13,66 @@ Request parameters (all optional):
 ``recall``     0.95     distance recall@k to reach (a neighbour counts when its Hamming
                         distance is at most the true k-th distance); ``1`` means exact
 ``k``          8        the k that recall is measured at
-``latency_ms`` none     if flat answers one query within this, take flat (exact)
-``memory_mb``  none     budget for the Faiss index; an IVF that does not fit falls back
-                        to flat, and a flat that does not fit is an error
+``latency_ms`` none     single-query latency budget: flat when flat meets it; otherwise a
+                        candidate must meet it too
+``memory_mb``  none     budget for the Faiss index; candidates that do not fit are skipped,
+                        and a flat that does not fit is an error
+``noise``      0.05     how far calibration queries lie from the database (below)
 =============  =======  ================================================================
 
-The policy comes from ``benchmarks/results/latency.json`` (2-core machine; see the
-README's Benchmarks section): IVF with ``nlist`` about ``sqrt(n)`` beat HNSW and
-MultiHash at equal recall on clustered codes, at a fraction of HNSW's build time and
-memory, so the candidates are flat and IVF:
+Recall is calibrated on queries that are not in the index: ``TUNING_QUERIES`` database
+codes, each with every bit flipped with probability ``noise`` (a near-duplicate of a stored
+image, not the image itself), searched for ``k + 1`` neighbours with the database code they
+came from dropped from both the exact and the approximate answer (``noise=0`` is plain
+leave-one-out). Queries farther from the database than ``noise`` get lower recall than
+recorded; the benchmark reports recall under several query conditions.
 
-1. flat when exact recall is asked for, when the database is too small for IVF to
-   pay off (``MIN_IVF_CODES``), when flat meets ``latency_ms`` or when an IVF would not
-   fit ``memory_mb``;
-2. otherwise IVF: ``nlist`` = the power of two nearest ``sqrt(n)``, trained on
-   ``TRAIN_CODES_PER_LIST`` codes per list, and the smallest ``nprobe`` whose recall on
-   ``TUNING_QUERIES`` database codes (used as queries, themselves excluded) reaches
-   ``recall + RECALL_MARGIN``;
-3. flat again if that IVF is not faster than flat in a single-query measurement.
+Policy:
+
+1. flat when exact recall is asked for, when the database is too small for an
+   approximate index to pay off (``MIN_IVF_CODES``), or when flat meets ``latency_ms``;
+2. otherwise every candidate of :func:`candidate_specs` that fits ``memory_mb`` is built
+   and its search parameter tuned to the smallest value whose calibrated recall reaches
+   ``recall + RECALL_MARGIN``; the fastest one (median single-query latency) that also
+   meets ``latency_ms`` and is faster than flat wins;
+3. when none does, flat (exact), with the reason and a warning: the request could not be met.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import faiss
 import numpy as np
 
-from .spec import IndexSpec
+from .spec import KINDS, SEARCH_PARAMS, IndexSpec, apply_search_params
 from .timing import time_single
 
 #: Defaults of the request parameters.
 DEFAULT_RECALL = 0.95
 DEFAULT_K = 8
+DEFAULT_NOISE = 0.05
 #: Below this many codes flat answers a query in well under 0.1 ms here: exact is free.
 MIN_IVF_CODES = 50_000
 #: Codes an IVF's k-means is trained on, per list (here and in ``HashIndex.train``). Faiss
 #: warns below 39; more costs k-means time linearly (Faiss's own cap, 256, would take 6x longer).
 TRAIN_CODES_PER_LIST = 40
-#: Database codes used as tuning queries.
+#: Calibration queries (perturbed database codes).
 TUNING_QUERIES = 500
 #: Tuning aims this much above the requested recall, since it is estimated on a sample.
 RECALL_MARGIN = 0.005
 #: Single-query latency of each candidate is the median over this many queries.
 LATENCY_QUERIES = 30
+#: Largest ``nflip`` tried on a hash-table kind, and ``efSearch`` on an HNSW graph.
+MAX_NFLIP = 3
+MAX_EF_SEARCH = 1024
+#: Sub-code width of the MultiHash candidate's tables.
+MULTIHASH_TABLE_BITS = 16
+
 
 @dataclass(frozen=True)
 class AutoRequest:
@@ -68,6 +82,7 @@ class AutoRequest:
     k: int = DEFAULT_K
     latency_ms: float | None = None
     memory_mb: float | None = None
+    noise: float = DEFAULT_NOISE
 
     @classmethod
     def from_params(cls, params: dict) -> "AutoRequest":
@@ -83,44 +98,74 @@ class AutoChoice:
     report: dict
 
 
-def choose_nlist(n: int) -> int:
-    """The power of two nearest ``sqrt(n)``, kept within 16..65536 and ``n / 39``."""
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+def choose_nlist(n: int, per_sqrt: int = 1) -> int:
+    """The power of two nearest ``per_sqrt * sqrt(n)``, kept within 16..65536 and ``n / 39``."""
+    nlist = 2 ** round(math.log2(max(1.0, per_sqrt * math.sqrt(n))))
     nlist = min(max(nlist, 16), 65536)
     while nlist > 16 and n < 39 * nlist:
         nlist //= 2
     return nlist
 
 
+def candidate_specs(n: int, bits: int) -> list[IndexSpec]:
+    """The indexes ``auto`` builds and tunes for ``n`` codes of ``bits`` bits: IVF over a flat
+    quantiser with about ``sqrt(n)`` lists, and multi-index hashing with 16-bit tables (no
+    training, so cheap to build). IVF over an HNSW quantiser with 4x the lists was measured
+    and left out: at 1M clustered codes its k-means took 2.5x as long as IVF's (k-means cost
+    grows with the square of the number of lists) for no faster search at recall 0.95."""
+    return [IndexSpec("IVF", (choose_nlist(n),)), IndexSpec("MultiHash", (bits // MULTIHASH_TABLE_BITS,
+                                                                          MULTIHASH_TABLE_BITS))]
+
+
+def estimated_bytes(spec: IndexSpec, n: int, code_size: int) -> int:
+    """Memory of ``spec`` holding ``n`` codes, before building it: the codes, plus int64 ids
+    in IVF lists and hash tables, centroids, and 4-byte graph links (2M per node)."""
+    codes = n * code_size
+    if spec.kind in ("IVF", "IVF_HNSW"):
+        nlist = spec.args[0]
+        links = nlist * 2 * spec.args[1] * 4 if spec.kind == "IVF_HNSW" else 0
+        return codes + n * 8 + nlist * code_size + links
+    if spec.kind in ("MultiHash", "Hash"):
+        tables = spec.args[0] if spec.kind == "MultiHash" else 1
+        return codes + n * tables * 8
+    if spec.kind == "HNSW":
+        return codes + n * 2 * spec.args[0] * 4
+    return codes
+
+
 def build_auto(codes: np.ndarray, bits: int, params: dict, *, compare_latency: bool = True,
-               seed: int = 0) -> AutoChoice:
+               seed: int = 0, candidates: list[IndexSpec] | None = None) -> AutoChoice:
     """Resolve an ``auto`` request for ``codes`` (packed at Faiss width ``bits``).
 
     Returns the chosen spec, its Faiss index filled with ``codes`` and a JSON-able report.
-    ``compare_latency=False`` skips step 3 (keeps the IVF even if flat measured faster),
-    which makes the choice independent of timing noise.
+    ``compare_latency=False`` keeps the most accurate-per-time candidate even when flat
+    measured faster and ignores ``latency_ms`` for candidates, which makes the choice
+    independent of timing noise; ``candidates`` replaces :func:`candidate_specs`.
     """
     request = AutoRequest.from_params(params)
     n, code_size = codes.shape
     rng = np.random.default_rng(seed)
     report: dict = {"request": {"recall": request.recall, "k": request.k, "latency_ms": request.latency_ms,
-                                "memory_mb": request.memory_mb}, "n": int(n), "bits": int(bits)}
+                                "memory_mb": request.memory_mb, "noise": request.noise},
+                    "n": int(n), "bits": int(bits), "candidates": []}
     start = time.perf_counter()
     budget = None if request.memory_mb is None else request.memory_mb * 2**20
-    flat_bytes = n * code_size
+    flat_bytes = estimated_bytes(IndexSpec("flat"), n, code_size)
     if budget is not None and flat_bytes > budget:
         raise ValueError(f"auto: {n} codes of {bits} bits need {flat_bytes / 2**20:.1f} MiB even in a flat "
                          f"index, over memory_mb={request.memory_mb}")
     flat = faiss.IndexBinaryFlat(bits)
     flat.add(codes)
-    queries_rows = np.sort(rng.choice(n, size=min(n, TUNING_QUERIES), replace=False))
-    latency_rows = queries_rows[: LATENCY_QUERIES]
-    flat_ms = _median_single_ms(flat, codes[latency_rows]) if n else 0.0
+    calibration = Calibration.draw(codes, flat, request.k, request.noise, rng)
+    flat_ms = _median_single_ms(flat, calibration.queries[:LATENCY_QUERIES])
     report["flat_latency_ms"] = flat_ms
+    report["calibration"] = calibration.describe()
 
-    def choose_flat(reason: str) -> AutoChoice:
-        report.update(chosen="flat", reason=reason, recall=1.0, latency_ms=flat_ms,
+    def choose_flat(reason: str, met: bool = True, warn: bool = False) -> AutoChoice:
+        report.update(chosen="flat", reason=reason, request_met=met, recall=1.0, latency_ms=flat_ms,
                       memory_bytes=int(flat_bytes), tuning_s=time.perf_counter() - start)
+        if warn:
+            warnings.warn(f"auto: {reason}", stacklevel=3)
         return AutoChoice(IndexSpec("flat"), flat, report)
 
     if request.recall >= 1.0:
@@ -129,83 +174,135 @@ def build_auto(codes: np.ndarray, bits: int, params: dict, *, compare_latency: b
         return choose_flat(f"fewer than {MIN_IVF_CODES} codes: flat is already fast and exact")
     if request.latency_ms is not None and flat_ms <= request.latency_ms:
         return choose_flat(f"flat meets latency_ms={request.latency_ms} ({flat_ms:.3f} ms measured)")
-    nlist = choose_nlist(n)
-    ivf_bytes = n * (code_size + 8) + nlist * code_size  # codes + int64 ids in the lists + centroids
-    if budget is not None and ivf_bytes > budget:
-        return choose_flat(f"IVF{nlist} needs {ivf_bytes / 2**20:.1f} MiB, over memory_mb={request.memory_mb}")
 
-    ivf = _build_ivf(codes, bits, nlist, rng)
-    queries = codes[queries_rows]
-    exact_D, _ = flat.search(queries, request.k + 1)
-    nprobe, recall = tune_nprobe(ivf, queries, queries_rows, exact_D, request.k, request.recall + RECALL_MARGIN)
-    ivf.nprobe = nprobe
-    ivf_ms = _median_single_ms(ivf, codes[latency_rows])
-    report.update(nlist=nlist, nprobe=nprobe, ivf_recall=recall, ivf_latency_ms=ivf_ms)
-    if compare_latency and ivf_ms >= flat_ms:
-        return choose_flat(f"tuned IVF{nlist},nprobe={nprobe} ({ivf_ms:.3f} ms) not faster than flat")
+    target = request.recall + RECALL_MARGIN
+    best: tuple[IndexSpec, faiss.IndexBinary, dict] | None = None
+    for spec in candidates or candidate_specs(n, bits):
+        row: dict = {"spec": str(spec), "estimated_bytes": estimated_bytes(spec, n, code_size)}
+        report["candidates"].append(row)
+        if budget is not None and row["estimated_bytes"] > budget:
+            row["skipped"] = f"needs {row['estimated_bytes'] / 2**20:.1f} MiB, over memory_mb={request.memory_mb}"
+            continue
+        build_start = time.perf_counter()
+        index = _build(spec, codes, bits, rng)
+        row["build_s"] = time.perf_counter() - build_start
+        row["memory_bytes"] = int(faiss.serialize_index_binary(index).nbytes)
+        param, value, recall = tune_search_param(index, spec.kind, calibration.recall, target)
+        row.update(param={param: value}, recall=recall,
+                   latency_ms=_median_single_ms(index, calibration.queries[:LATENCY_QUERIES]))
+        row["meets"] = bool(recall >= target and (not compare_latency or (
+            row["latency_ms"] < flat_ms
+            and (request.latency_ms is None or row["latency_ms"] <= request.latency_ms))))
+        if row["meets"] and (best is None or row["latency_ms"] < best[2]["latency_ms"]):
+            best = (IndexSpec(spec.kind, spec.args, {param: value}), index, row)
+        del index
+    if best is None:
+        tried = "; ".join(f"{r['spec']}: " + (r.get("skipped") or f"recall {r['recall']:.3f} at {r['param']}, "
+                                                                  f"{r['latency_ms']:.3f} ms")
+                          for r in report["candidates"])
+        return choose_flat(f"no candidate reaches recall@{request.k} >= {target:g}"
+                           + (f" faster than flat ({flat_ms:.3f} ms)" if compare_latency else "") + (f" and within latency_ms={request.latency_ms}"
+                                                    if request.latency_ms is not None else "")
+                           + f" [{tried}]; flat (exact) instead", warn=True,
+                           met=request.latency_ms is None or flat_ms <= request.latency_ms)
+    spec, index, row = best
     del flat
-    report.update(chosen=f"IVF{nlist},nprobe={nprobe}", recall=recall, latency_ms=ivf_ms,
-                  reason=f"smallest nprobe reaching recall@{request.k} >= {request.recall + RECALL_MARGIN:g} "
-                         f"on {len(queries_rows)} database codes",
-                  memory_bytes=int(ivf_bytes), tuning_s=time.perf_counter() - start)
-    return AutoChoice(IndexSpec("IVF", (nlist,), {"nprobe": nprobe}), ivf, report)
+    report.update(chosen=str(spec), request_met=True, recall=row["recall"], latency_ms=row["latency_ms"],
+                  memory_bytes=row["memory_bytes"], build_s=row["build_s"],
+                  reason=f"fastest candidate reaching calibrated recall@{request.k} >= {target:g}",
+                  tuning_s=time.perf_counter() - start)
+    return AutoChoice(spec, index, report)
 
 
-def _build_ivf(codes: np.ndarray, bits: int, nlist: int, rng: np.random.Generator) -> faiss.IndexBinaryIVF:
-    ivf = IndexSpec("IVF", (nlist,)).build(bits)
-    n_train = min(len(codes), TRAIN_CODES_PER_LIST * nlist)
-    train_rows = np.sort(rng.choice(len(codes), size=n_train, replace=False))
-    ivf.train(codes[train_rows])
-    ivf.add(codes)
-    return ivf
+@dataclass
+class Calibration:
+    """Out-of-index calibration queries: database rows ``sources`` with bits flipped, and
+    their exact ``k``-NN with the source row dropped."""
+
+    queries: np.ndarray
+    sources: np.ndarray
+    exact_kth: np.ndarray
+    k: int
+    noise: float
+
+    @classmethod
+    def draw(cls, codes: np.ndarray, flat: faiss.IndexBinary, k: int, noise: float,
+             rng: np.random.Generator) -> "Calibration":
+        n = len(codes)
+        sources = np.sort(rng.choice(n, size=min(n, TUNING_QUERIES), replace=False))
+        flips = rng.random((len(sources), codes.shape[1] * 8), dtype=np.float32) < noise
+        queries = codes[sources] ^ np.packbits(flips, axis=1, bitorder="little")
+        kept_D, _ = drop_sources(*flat.search(queries, k + 1), sources, k)
+        return cls(queries, sources, kept_D[:, k - 1], k, noise)
+
+    def recall(self, search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]) -> float:
+        """Distance recall@k of ``search`` on these queries, each query's source row dropped."""
+        D, I = search(self.queries, self.k + 1)
+        kept_D, kept_I = drop_sources(D, I, self.sources, self.k)
+        return float(((kept_I >= 0) & (kept_D <= self.exact_kth[:, None])).mean())
+
+    def describe(self) -> str:
+        return (f"distance recall@{self.k} on {len(self.sources)} database codes with each bit flipped with "
+                f"p={self.noise:g} (not in the index: the source code is dropped from every answer)")
 
 
-def self_excluded_recall(D: np.ndarray, I: np.ndarray, query_rows: np.ndarray, exact_D: np.ndarray,
-                         k: int) -> float:
-    """Distance recall@k of a ``k + 1``-NN result for database codes used as queries.
-
-    Each query's own row is dropped from ``(D, I)`` (or the last slot, if it was not
-    found); the true k-th distance without the query itself is ``exact_D[:, k]`` (the
-    query always sits at distance 0 in the exact ``k + 1`` list). Missing neighbours
-    (id ``-1``) count as misses.
-    """
-    is_self = I == query_rows[:, None]
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-    keep = np.ones_like(is_self)
+def drop_sources(D: np.ndarray, I: np.ndarray, sources: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``k`` of the ``k + 1`` results per row: drop the row's source id where it was
+    returned, else the last slot."""
+    is_source = I == sources[:, None]
+    drop = np.where(is_source.any(axis=1), is_source.argmax(axis=1), k)
+    keep = np.ones_like(is_source)
     keep[np.arange(len(I)), drop] = False
-    kept_D = D[keep].reshape(len(I), k)
-    kept_I = I[keep].reshape(len(I), k)
-    hits = (kept_I >= 0) & (kept_D <= exact_D[:, k : k + 1])
-    return float(hits.mean())
+    return D[keep].reshape(len(I), k), I[keep].reshape(len(I), k)
 
 
-def tune_nprobe(ivf: faiss.IndexBinaryIVF, queries: np.ndarray, query_rows: np.ndarray, exact_D: np.ndarray,
-                k: int, target: float) -> tuple[int, float]:
-    """Smallest ``nprobe`` whose :func:`self_excluded_recall` reaches ``target`` (doubling, then
-    bisection: recall never drops as ``nprobe`` grows). Returns ``(nprobe, recall)``."""
+def _build(spec: IndexSpec, codes: np.ndarray, bits: int, rng: np.random.Generator) -> faiss.IndexBinary:
+    index = spec.build(bits)
+    if spec.needs_training:
+        n_train = min(len(codes), TRAIN_CODES_PER_LIST * spec.args[0])
+        index.train(codes[np.sort(rng.choice(len(codes), size=n_train, replace=False))])
+    index.add(codes)
+    return index
+
+
+def _param_limit(index: faiss.IndexBinary, kind: str) -> int:
+    """The largest value of the kind's search parameter tuning tries (for ``nprobe``: every list)."""
+    param = KINDS[kind].params[0]
+    if param == "nprobe":
+        return int(index.nlist)
+    if param == "nflip":  # buckets probed per table grow as b^nflip
+        return min(int(index.b), MAX_NFLIP)
+    return MAX_EF_SEARCH
+
+
+def tune_search_param(index: faiss.IndexBinary, kind: str, recall_of: Callable, target: float
+                      ) -> tuple[str, int, float]:
+    """Smallest value of the kind's search parameter (``nprobe`` / ``efSearch`` / ``nflip``)
+    whose ``recall_of(index.search)`` reaches ``target``: doubling, then bisection (recall
+    never drops as the parameter grows). Returns ``(name, value, recall)``; the parameter is
+    left at that value."""
+    param = KINDS[kind].params[0]
     cache: dict[int, float] = {}
 
-    def recall_at(nprobe: int) -> float:
-        if nprobe not in cache:
-            ivf.nprobe = nprobe
-            D, I = ivf.search(queries, k + 1)
-            cache[nprobe] = self_excluded_recall(D, I, query_rows, exact_D, k)
-        return cache[nprobe]
+    def recall_at(value: int) -> float:
+        if value not in cache:
+            apply_search_params(index, kind, {param: value})
+            cache[value] = recall_of(index.search)
+        return cache[value]
 
-    nlist = ivf.nlist
-    hi = 1
-    while hi < nlist and recall_at(hi) < target:
-        hi = min(nlist, hi * 2)
-    if recall_at(hi) < target:  # nprobe = nlist is exhaustive; only ties at the boundary remain
-        return hi, recall_at(hi)
-    lo = hi // 2  # recall_at(lo) < target, or lo == 0
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if recall_at(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi, recall_at(hi)
+    limit = _param_limit(index, kind)
+    lo, hi = SEARCH_PARAMS[param].minimum - 1, SEARCH_PARAMS[param].minimum  # recall_at(lo) < target
+    while hi < limit and recall_at(hi) < target:
+        lo, hi = hi, min(limit, max(1, hi * 2))
+    if recall_at(hi) >= target:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if recall_at(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+    apply_search_params(index, kind, {param: hi})
+    return param, hi, recall_at(hi)
 
 
 def _median_single_ms(index: faiss.IndexBinary, queries: np.ndarray) -> float:

@@ -1,6 +1,9 @@
 """Data sources shared by the tests, the demo and the benchmarks.
 
-- :func:`synthetic_codes`: seeded binary codes, uniform or clustered like trained encoder output.
+- :func:`synthetic_codes`: seeded binary codes, uniform or clustered like trained encoder output,
+  with queries held out of the database or perturbed from it.
+- :func:`benchmark_codes`: the benchmark's named data kinds (``clustered10000-perturbed``, ``encoder``).
+- :func:`tiled_codes`: a real encoder's codes copied up to a large collection, with per-copy bit noise.
 - :func:`load_digits_images` / :func:`load_mnist`: real labelled images (embedded / shared).
 - :func:`write_image_folder`: turn arrays of images into a class-per-sub-folder tree.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +26,19 @@ MNIST_ENV = "HASHINDEX_MNIST"
 
 @dataclass(frozen=True)
 class SyntheticCodes:
-    """Seeded database / query codes with the class each was drawn from."""
+    """Seeded database / query codes with the class each was drawn from. ``query_sources``:
+    the database row each query was perturbed from, ``-1`` for a fresh (held-out) query."""
 
     database: np.ndarray
     queries: np.ndarray
     database_labels: np.ndarray
     query_labels: np.ndarray
     generator: str
+    query_sources: np.ndarray | None = None
+
+
+#: How queries relate to the database (see :func:`synthetic_codes`).
+QUERY_MODES = ("fresh", "perturbed")
 
 
 def synthetic_codes(
@@ -39,16 +49,25 @@ def synthetic_codes(
     *,
     n_clusters: int = 100,
     flip_probability: float = 0.1,
+    queries: str = "fresh",
+    query_flip_probability: float = 0.05,
     seed: int = 0,
 ) -> SyntheticCodes:
     """Draw packed codes. ``kind="uniform"``: every bit a fair coin (the worst case
     for partitioned indexes). ``kind="clustered"``: ``n_clusters`` random centre codes,
     each code a centre with every bit flipped with ``flip_probability`` (what a trained
-    encoder's codes look like: tight classes, far apart)."""
+    encoder's codes look like: tight classes, far apart).
+
+    ``queries="fresh"``: more codes from the same generator, held out of the database.
+    ``queries="perturbed"``: random database codes with every bit flipped with
+    ``query_flip_probability`` (a near-duplicate of a stored image, itself not stored).
+    The database depends on the seed and sizes only, not on the query mode."""
     bits = check_bits(bits)
+    if queries not in QUERY_MODES:
+        raise ValueError(f"unknown query mode {queries!r}; expected one of {QUERY_MODES}")
     rng = np.random.default_rng(seed)
     nbytes = bits // 8
-    total = n_database + n_queries
+    total = n_database + n_queries  # fresh queries drawn in every mode: one seed, one database
     if kind == "uniform":
         codes = rng.integers(0, 256, size=(total, nbytes), dtype=np.uint8)
         labels = np.full(total, -1, dtype=np.int64)
@@ -63,13 +82,76 @@ def synthetic_codes(
         )
     else:
         raise ValueError(f"unknown synthetic code kind {kind!r}; expected 'uniform' or 'clustered'")
-    return SyntheticCodes(
-        database=codes[:n_database],
-        queries=codes[n_database:],
-        database_labels=labels[:n_database],
-        query_labels=labels[n_database:],
-        generator=generator,
-    )
+    database, database_labels = codes[:n_database], labels[:n_database]
+    if queries == "fresh":
+        return SyntheticCodes(database, codes[n_database:], database_labels, labels[n_database:],
+                              generator + "; queries: fresh codes (not in the database)",
+                              np.full(n_queries, -1, dtype=np.int64))
+    sources = rng.choice(n_database, size=n_queries, replace=False)
+    query_codes, query_labels = perturbed_queries(database, database_labels, sources, query_flip_probability, rng)
+    return SyntheticCodes(database, query_codes, database_labels, query_labels,
+                          generator + f"; queries: database codes with each bit flipped with "
+                                      f"p={query_flip_probability}", sources)
+
+
+#: Per-copy bit-flip probability when encoder codes are tiled up to a database size.
+ENCODER_COPY_NOISE = 0.05
+_DATA_KIND = re.compile(r"(uniform|clustered(\d*)|encoder)(-perturbed)?")
+
+
+def benchmark_codes(data: str, n_database: int, n_queries: int, bits: int, *, seed: int = 0,
+                    encoder_codes: str | os.PathLike | None = None) -> SyntheticCodes:
+    """Codes of a named data kind: ``uniform``; ``clustered`` (100 centres) or ``clustered<C>``
+    (``C`` centres); ``encoder`` (the base codes in the ``encoder_codes`` .npz file written by
+    ``benchmarks/encoder_codes.py``, tiled to ``n_database`` with :data:`ENCODER_COPY_NOISE`;
+    queries: its held-out codes). A ``-perturbed`` suffix makes the queries database codes with
+    5 % of their bits flipped instead of held-out codes."""
+    match = _DATA_KIND.fullmatch(data)
+    if not match:
+        raise ValueError(f"unknown data kind {data!r}; expected uniform, clustered[<centres>] or encoder, "
+                         "optionally with -perturbed")
+    queries = "perturbed" if match.group(3) else "fresh"
+    if match.group(1) != "encoder":
+        kind = "uniform" if match.group(1) == "uniform" else "clustered"
+        return synthetic_codes(n_database, n_queries, bits, kind, n_clusters=int(match.group(2) or 100),
+                               queries=queries, seed=seed)
+    if encoder_codes is None:
+        raise ValueError("data kind 'encoder' needs the codes file of benchmarks/encoder_codes.py")
+    with np.load(encoder_codes) as f:
+        base, base_labels, held_out, held_out_labels = f["base"], f["base_labels"], f["queries"], f["query_labels"]
+    if base.shape[1] * 8 != bits:
+        raise ValueError(f"{encoder_codes}: {base.shape[1] * 8}-bit codes, {bits} asked for")
+    database, labels = tiled_codes(base, base_labels, n_database, ENCODER_COPY_NOISE, seed)
+    generator = (f"{len(base)} ITQ codes of MNIST / sklearn digits images tiled, each copy's bits flipped with "
+                 f"p={ENCODER_COPY_NOISE}, seed {seed}")
+    rng = np.random.default_rng(seed + 1)
+    if queries == "fresh":
+        rows = rng.choice(len(held_out), size=min(n_queries, len(held_out)), replace=False)
+        return SyntheticCodes(database, held_out[rows], labels, held_out_labels[rows],
+                              generator + "; queries: codes of held-out images", np.full(len(rows), -1))
+    sources = rng.choice(n_database, size=n_queries, replace=False)
+    query_codes, query_labels = perturbed_queries(database, labels, sources, 0.05, rng)
+    return SyntheticCodes(database, query_codes, labels, query_labels,
+                          generator + "; queries: database codes with each bit flipped with p=0.05", sources)
+
+
+def perturbed_queries(database: np.ndarray, labels: np.ndarray, rows: np.ndarray, flip_probability: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``database[rows]`` with every bit flipped with ``flip_probability``, and their labels."""
+    queries = database[rows] ^ _flip_mask(rng, len(rows), database.shape[1] * 8, flip_probability)
+    return queries, labels[rows]
+
+
+def tiled_codes(base: np.ndarray, base_labels: np.ndarray, n: int, flip_probability: float,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` codes made of copies of ``base`` (packed), every copy's bits flipped with
+    ``flip_probability`` (the first copy is ``base`` itself): a large collection with the
+    mode structure of a real encoder's codes. Returns the codes and their labels."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) % len(base)
+    codes = base[rows]
+    codes[len(base):] ^= _flip_mask(rng, max(0, n - len(base)), base.shape[1] * 8, flip_probability)
+    return codes, base_labels[rows]
 
 
 def _flip_mask(rng: np.random.Generator, n: int, bits: int, p: float) -> np.ndarray:

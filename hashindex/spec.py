@@ -24,7 +24,7 @@ printer, :meth:`IndexSpec.build`, :class:`~hashindex.HashIndex`, autotune and th
 all read it, so a new kind is one :func:`register_kind` call here.
 
 ``auto`` (``"auto,recall=0.95"``) names a request rather than an index: ``HashIndex``
-picks flat or IVF with its ``nlist`` / ``nprobe`` at the first add (:mod:`hashindex.autotune`).
+picks flat or a tuned approximate kind at the first add (:mod:`hashindex.autotune`).
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ register_kind(IndexKind("MultiHash", "MultiHash{}x{}", "BHash{}x{}", "MultiHash<
                         range_search=True, table_bits=(0, 1)))
 register_kind(IndexKind("Hash", "Hash{}", "BHash{}", "Hash<bits>", ("nflip",), range_search=True, table_bits=(0,)))
 
-AUTO_GRAMMAR = "auto[,recall=<0..1>][,k=<int>][,latency_ms=<float>][,memory_mb=<float>]"
-_AUTO_PARAM_TYPES = {"recall": float, "k": int, "latency_ms": float, "memory_mb": float}
+AUTO_GRAMMAR = "auto[,recall=<0..1>][,k=<int>][,latency_ms=<float>][,memory_mb=<float>][,noise=<0..0.5>]"
+_AUTO_PARAM_TYPES = {"recall": float, "k": int, "latency_ms": float, "memory_mb": float, "noise": float}
 #: Code widths with a specialised Faiss Hamming kernel worth padding to (4, 8, 16, 20 and
 #: 32 bytes). Other widths take Faiss's generic path, about 3x slower here; 512 bits (64 bytes)
 #: is specialised too but measured no faster than the generic path, so wider codes stay as they are.
@@ -199,9 +199,10 @@ def parse_auto_params(spec: str, tokens: list[str]) -> dict:
             value = kind(raw) if sep and kind else None
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value <= 0 or (name == "recall" and value > 1):
+        if value is None or not math.isfinite(value) or not (
+                0 <= value <= 0.5 if name == "noise" else 0 < value <= (1 if name == "recall" else math.inf)):
             raise ValueError(f"index spec {spec!r}: bad parameter {token!r}; {AUTO_GRAMMAR} "
-                             "(recall in (0, 1], the others positive)")
+                             "(recall in (0, 1], noise in [0, 0.5], the others positive)")
         params[name] = value
     return params
 

@@ -41,7 +41,14 @@ class BenchConfig:
     hnsw_max_size: int = 1_000_000
     #: HNSW graphs over uniform random codes (every distance near bits/2, ties everywhere) took
     #: 6 min (Faiss) and 17 min (usearch) to build at 1M in a trial run: clustered codes only.
-    hnsw_data: tuple[str, ...] = ("clustered",)
+    hnsw_data: tuple[str, ...] = ("clustered",)   # data kinds starting with one of these
+    #: IVF over an HNSW quantiser with ``ivf_hnsw_lists`` times sqrt(n) lists (0: not measured).
+    #: Its k-means costs the square of that factor in build time, so it runs on ``target_data`` only.
+    ivf_hnsw_lists: int = 4
+    #: The data kind the targets are read on (the hardest one measured); None: ``clustered``.
+    target_data: str | None = None
+    #: The .npz file of ``benchmarks/encoder_codes.py``, for the ``encoder`` data kinds.
+    encoder_codes: str | None = None
     multihash_bits: int = 16
     nflips: tuple[int, ...] = (0, 1, 2)
     auto_recall: float = TARGET_RECALL

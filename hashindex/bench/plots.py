@@ -11,6 +11,7 @@ from .harness import TARGET_RECALL
 from .targets import fastest_row
 
 _STYLE = {("hashindex", "flat"): ("C0", "s"), ("hashindex", "IVF"): ("C1", "o"), ("hashindex", "HNSW"): ("C2", "^"),
+          ("hashindex", "IVF_HNSW"): ("C8", "h"),
           ("hashindex", "MultiHash"): ("C3", "v"), ("hashindex", "auto"): ("C4", "*"),
           ("numpy", "exact"): ("C5", "X"), ("usearch", "exact"): ("C6", "P"), ("usearch", "HNSW"): ("C7", "D")}
 

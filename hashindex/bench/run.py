@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
-from ..datasets import synthetic_codes
+from ..datasets import benchmark_codes
 from ..timing import environment, timed
 from .harness import BenchConfig
 from .report import METHOD, write_outputs
@@ -30,7 +30,8 @@ def run_latency_benchmark(config: BenchConfig | None = None, out_dir: str | os.P
     largest = cfg.sizes[-1]
     for size in cfg.sizes:
         for data in cfg.data:
-            codes, gen_s = timed(lambda: synthetic_codes(size, cfg.queries, cfg.bits, data, seed=cfg.seed))
+            codes, gen_s = timed(lambda: benchmark_codes(data, size, cfg.queries, cfg.bits, seed=cfg.seed,
+                                                         encoder_codes=cfg.encoder_codes))
             stamp(f"{size:,} {data} {cfg.bits}-bit codes (generated in {gen_s:.1f} s)")
             result["generators"][data] = codes.generator
             ctx = Context(cfg, size, data, cfg.bits, codes.database, codes.queries, ks=cfg.ks)

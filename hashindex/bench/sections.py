@@ -17,7 +17,7 @@ from ..store import ShardWriter
 from ..timing import time_single, timed
 from .harness import (TARGET_RECALL, WIDTH_QUERIES, BenchConfig, NumpyHamming, SearchFn, distance_recall,
                       faiss_threads, time_batch, usearch_exact, usearch_hnsw, usearch_ids)
-from .targets import fastest_row, select_rows
+from .targets import fastest_row, select_rows, target_data
 
 # ---------------------------------------------------------------------------- per-section context
 @dataclass
@@ -88,8 +88,10 @@ def bench_kinds(ctx: Context, log, features: np.ndarray | None = None) -> tuple[
 
     _bench_exact(ctx, add_rows, log)
     ivf = _bench_ivf(ctx, add_rows, log, features)
-    if ctx.size <= cfg.hnsw_max_size and ctx.data in cfg.hnsw_data:
+    if ctx.size <= cfg.hnsw_max_size and ctx.data.startswith(cfg.hnsw_data):
         _bench_hnsw(ctx, add_rows, log)
+    if cfg.ivf_hnsw_lists and ctx.data == target_data(cfg):
+        _bench_ivf(ctx, add_rows, log, None, quantiser_m=cfg.hnsw_m * 2, lists_factor=cfg.ivf_hnsw_lists)
     _bench_multihash(ctx, add_rows, log)
     auto = HashIndex(ctx.bits, f"auto,recall={cfg.auto_recall:g}")
     _, build = timed(lambda: auto.add(ctx.database))
@@ -130,17 +132,19 @@ def _bench_exact(ctx: Context, add_rows, log) -> None:
     log("  exact baselines done")
 
 
-def _bench_ivf(ctx: Context, add_rows, log, features: np.ndarray | None) -> HashIndex:
-    """IVF with nlist ~ sqrt(n), trained on ``train_per_list`` codes per list; nprobe sweep."""
+def _bench_ivf(ctx: Context, add_rows, log, features: np.ndarray | None, quantiser_m: int = 0,
+               lists_factor: int = 1) -> HashIndex:
+    """IVF with nlist ~ ``lists_factor`` * sqrt(n), trained on ``train_per_list`` codes per list,
+    over a flat quantiser or (``quantiser_m`` > 0) an HNSW one with that M; nprobe sweep."""
     cfg, db = ctx.cfg, ctx.database
-    nlist = choose_nlist(ctx.size)
-    ivf = HashIndex(ctx.bits, f"IVF{nlist}")
+    nlist = choose_nlist(ctx.size, lists_factor)
+    ivf = HashIndex(ctx.bits, f"IVF{nlist}_HNSW{quantiser_m}" if quantiser_m else f"IVF{nlist}")
     rng = np.random.default_rng(cfg.seed)
     train_rows = np.sort(rng.choice(ctx.size, size=min(ctx.size, cfg.train_per_list * nlist), replace=False))
     _, train_s = timed(lambda: ivf.train(db[train_rows]))
     _, add_s = timed(lambda: ivf.add(db, features=features))
     memory = _hashindex_bytes(ivf) - (0 if features is None else features.nbytes)
-    log(f"  IVF{nlist}: trained in {train_s:.1f} s on {len(train_rows)} codes, filled in {add_s:.1f} s")
+    log(f"  {ivf.spec}: trained in {train_s:.1f} s on {len(train_rows)} codes, filled in {add_s:.1f} s")
     _sweep(ctx, add_rows, ivf, [p for p in cfg.nprobes if p <= nlist], train_s + add_s, memory,
            train_s=train_s)
     return ivf

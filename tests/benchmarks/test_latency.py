@@ -21,7 +21,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cfg = BenchConfig(sizes=(SIZE,), widths=(48, 64), ks=(8, 1000), queries=60, batch=60, budget_s=0.02,
                       max_single_queries=10, nprobes=(1, 4, 128), ef_searches=(16, 64), hnsw_max_size=SIZE,
-                      nflips=(0, 1), feature_dim=16, shard_size=5000)
+                      nflips=(0, 1), feature_dim=16, shard_size=5000,
+                      data=("uniform", "clustered", "clustered300-perturbed"), target_data="clustered300-perturbed")
     # One thread: on a busy machine two OpenMP threads stall at every parallel region.
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -49,7 +50,9 @@ def test_json_names_machine_generators_method_and_gpu(run):
     env = result["environment"]
     assert env["usable_cores"] >= 1 and env["cpu"]
     assert {"python", "numpy", "faiss", "usearch", "hashindex"} <= set(env["versions"])
-    assert set(result["generators"]) == {"uniform", "clustered"}
+    assert set(result["generators"]) == {"uniform", "clustered", "clustered300-perturbed"}
+    assert "300 random centre codes" in result["generators"]["clustered300-perturbed"]
+    assert "flipped with p=0.05" in result["generators"]["clustered300-perturbed"]
     assert "centre" in result["generators"]["clustered"] and "seed" in result["generators"]["uniform"]
     assert {"recall", "latency", "qps", "raw_faiss", "memory"} <= set(result["method"])
     if faiss.get_num_gpus() == 0:
@@ -61,6 +64,7 @@ def test_every_row_is_complete(run):
     kinds = {(r["system"], r["kind"]) for r in result["rows"] if r["section"] == "kinds"}
     assert kinds == {("hashindex", "flat"), ("faiss", "flat"), ("numpy", "exact"), ("usearch", "exact"),
                      ("hashindex", "IVF"), ("faiss", "IVF"), ("hashindex", "HNSW"), ("faiss", "HNSW"),
+                     ("hashindex", "IVF_HNSW"), ("faiss", "IVF_HNSW"),
                      ("usearch", "HNSW"), ("hashindex", "MultiHash"), ("faiss", "MultiHash"), ("hashindex", "auto")}
     for r in result["rows"]:
         assert 0.0 <= r["recall"] <= 1.0
@@ -76,7 +80,7 @@ def test_every_row_is_complete(run):
 def test_exact_systems_have_full_recall(run):
     result, _ = run
     for r in result["rows"]:
-        exact = r["kind"] in ("flat", "exact") or r["spec"].endswith("nprobe=128")  # nlist is 128 here
+        exact = r["kind"] in ("flat", "exact") or r["spec"] == "IVF128,nprobe=128"  # all lists
         if exact:
             assert r["recall"] == 1.0, (r["system"], r["spec"], r["k"])
 
@@ -120,6 +124,18 @@ def test_auto_is_timed_beside_the_hand_set_config_it_is_compared_with(run):
     assert auto_targets and all(t["measured"]["timing"].startswith("timed in") for t in auto_targets)
 
 
+def test_the_hardest_data_gets_every_kind_and_the_targets(run):
+    result, _ = run
+    ivf_hnsw = {r["data"] for r in result["rows"] if r["kind"] == "IVF_HNSW"}
+    assert ivf_hnsw == {"clustered300-perturbed"}
+    assert {r["spec"].split(",")[0] for r in result["rows"] if r["kind"] == "IVF_HNSW"} == {"IVF512_HNSW32"}
+    approx = next(t for t in result["targets"] if t["name"].startswith("best approximate"))
+    assert approx["where"]["data"] == "clustered300-perturbed"
+    for r in (r for r in result["rows"] if r["kind"] == "auto"):
+        assert "not in the index" in r["auto"]["calibration"]
+        assert r["auto"]["chosen"] == "flat" or r["auto"]["candidates"]
+
+
 def test_other_processes_cpu_share_is_recorded(run):
     result, _ = run
     share = result["environment"].get("other_processes_cores")
@@ -130,7 +146,8 @@ def test_targets_are_ratios_with_a_verdict(run):
     result, _ = run
     names = " | ".join(t["name"] for t in result["targets"])
     for needle in ("raw Faiss flat", "numpy", "approximate", "auto vs best hand-set", "48-bit flat padded",
-                   "coarse-then-fine", "shards", "usearch exact", "usearch HNSW"):
+                   "coarse-then-fine", "shards", "usearch exact", "usearch HNSW",
+                   "recall@8 on the run's out-of-index queries (clustered300-perturbed)"):
         assert needle in names
     for t in result["targets"]:
         assert t["met"] in (True, False, None)

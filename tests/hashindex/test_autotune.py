@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex, autotune, parse_spec
-from hashindex.autotune import (MIN_IVF_CODES, build_auto, choose_nlist, self_excluded_recall, tune_nprobe)
+from hashindex.autotune import (Calibration, build_auto, choose_nlist, drop_sources,
+                                tune_search_param)
+from hashindex.codes import hamming
 from hashindex.bench import distance_recall
 from hashindex.datasets import synthetic_codes
 from hashindex.testing import assert_same_knn, brute_force_knn
 
 
 @pytest.mark.parametrize("spec", ["auto", "auto,recall=0.9", "auto,k=100,recall=0.99",
-                                  "auto,latency_ms=0.5,memory_mb=64,recall=1"])
+                                  "auto,latency_ms=0.5,memory_mb=64,recall=1", "auto,noise=0", "auto,noise=0.1,recall=0.9"])
 def test_auto_spec_round_trips(spec):
     parsed = parse_spec(spec)
     assert parsed.kind == "auto"
@@ -24,7 +26,8 @@ def test_auto_spec_params_are_typed():
 
 
 @pytest.mark.parametrize("bad", ["auto,recall=0", "auto,recall=1.5", "auto,recall=x", "auto,nprobe=3",
-                                 "auto,k=2.5", "auto,latency_ms=-1", "auto,memory_mb=nan", "auto,recall"])
+                                 "auto,k=2.5", "auto,latency_ms=-1", "auto,memory_mb=nan", "auto,recall",
+                                 "auto,noise=0.6", "auto,noise=-0.1"])
 def test_bad_auto_params_name_the_grammar(bad):
     with pytest.raises(ValueError, match="recall=<0..1>"):
         parse_spec(bad)
@@ -41,31 +44,55 @@ def test_choose_nlist_is_near_sqrt_n(n, nlist):
     assert choose_nlist(n) == nlist
 
 
-def test_self_excluded_recall_by_hand():
-    # Two queries (database rows 5 and 7), k = 2; exact k+1 distances: self (0) then 1, 3 / 0, 2, 2.
-    exact_D = np.array([[0, 1, 3], [0, 2, 2]])
-    D = np.array([[0, 1, 4], [2, 3, 9]])       # row 0: finds itself, then 1 (hit) and 4 (> 3, miss)
-    I = np.array([[5, 11, 12], [20, 21, 22]])  # row 1: itself not found -> last slot dropped: 2 hit, 3 miss
-    assert self_excluded_recall(D, I, np.array([5, 7]), exact_D, k=2) == pytest.approx(2 / 4)
+def test_drop_sources_by_hand():
+    # Two queries made from database rows 5 and 7, k = 2, results of k + 1 = 3.
+    D = np.array([[1, 2, 4], [2, 3, 9]])
+    I = np.array([[11, 5, 12], [20, 21, 22]])  # row 0 returned its source (5): dropped; row 1 did not:
+    kept_D, kept_I = drop_sources(D, I, np.array([5, 7]), k=2)  # its last slot is dropped
+    np.testing.assert_array_equal(kept_I, [[11, 12], [20, 21]])
+    np.testing.assert_array_equal(kept_D, [[1, 4], [2, 3]])
+
+
+def test_calibration_recall_by_hand():
+    cal = Calibration(queries=np.zeros((2, 8), np.uint8), sources=np.array([5, 7]), exact_kth=np.array([3, 2]),
+                      k=2, noise=0.0)
+    D = np.array([[0, 1, 4], [2, 3, 9]])
+    I = np.array([[5, 11, 12], [20, 21, 22]])  # kept: (1 hit, 4 miss), (2 hit, 3 miss)
+    assert cal.recall(lambda q, k: (D, I)) == pytest.approx(2 / 4)
     I_missing = np.array([[5, -1, 12], [20, 21, 22]])  # the distance-1 hit is now a missing slot
-    assert self_excluded_recall(D, I_missing, np.array([5, 7]), exact_D, k=2) == pytest.approx(1 / 4)
+    assert cal.recall(lambda q, k: (D, I_missing)) == pytest.approx(1 / 4)
 
 
-def test_tune_nprobe_finds_the_smallest_nprobe_reaching_the_target(rng):
+def test_calibration_queries_are_not_in_the_index():
+    import faiss
+
+    codes = synthetic_codes(3000, 0, 64, "clustered", n_clusters=30, seed=4).database
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(codes)
+    cal = Calibration.draw(codes, flat, 8, 0.05, np.random.default_rng(0))
+    exact_without_source = [np.sort(hamming(np.delete(codes, s, axis=0), q))[7]
+                            for q, s in zip(cal.queries, cal.sources)]
+    np.testing.assert_array_equal(cal.exact_kth, exact_without_source)
+    assert hamming(cal.queries, codes[cal.sources]).mean() == pytest.approx(64 * 0.05, rel=0.15)
+    assert cal.recall(flat.search) == 1.0
+
+
+def test_tune_search_param_finds_the_smallest_value_reaching_the_target():
     import faiss
 
     codes = synthetic_codes(6000, 0, 64, "clustered", n_clusters=40, flip_probability=0.15, seed=3).database
     ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(64), 64, 64)
     ivf.train(codes[:64 * 40])
     ivf.add(codes)
-    rows = np.arange(0, 6000, 30)
-    exact_D = brute_force_knn(codes[rows], codes, 9)[0]
-    nprobe, recall = tune_nprobe(ivf, codes[rows], rows, exact_D, 8, 0.9)
-    assert recall >= 0.9
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(codes)
+    cal = Calibration.draw(codes, flat, 8, 0.05, np.random.default_rng(1))
+    name, nprobe, recall = tune_search_param(ivf, "IVF", cal.recall, 0.9)
+    assert name == "nprobe" and recall >= 0.9 and ivf.nprobe == nprobe
 
     def recall_at(p):
         ivf.nprobe = p
-        return self_excluded_recall(*ivf.search(codes[rows], 9), rows, exact_D, 8)
+        return cal.recall(ivf.search)
 
     assert recall_at(nprobe) == pytest.approx(recall)
     if nprobe > 1:
@@ -79,12 +106,12 @@ def test_small_database_resolves_to_exact_flat(rng):
     index.add(codes.database)
     assert str(index.spec) == "flat"
     assert index.metadata["auto"]["chosen"] == "flat"
-    assert str(MIN_IVF_CODES) in index.metadata["auto"]["reason"]
+    assert str(autotune.MIN_IVF_CODES) in index.metadata["auto"]["reason"]
     assert_same_knn(*brute_force_knn(codes.queries, codes.database, 8), *index.search(codes.queries, k=8))
 
 
 def test_exact_recall_request_resolves_to_flat():
-    codes = synthetic_codes(MIN_IVF_CODES, 5, 64, "clustered", seed=2).database
+    codes = synthetic_codes(autotune.MIN_IVF_CODES, 5, 64, "clustered", seed=2).database
     choice = build_auto(codes, 64, {"recall": 1.0})
     assert str(choice.spec) == "flat" and choice.report["reason"] == "exact recall requested"
     assert choice.index.ntotal == len(codes)
@@ -107,29 +134,57 @@ def one_faiss_thread():
 
 
 @pytest.fixture(autouse=True)
-def small_ivf_threshold(request, monkeypatch):
+def small_ivf_threshold(monkeypatch):
     """Let IVF be chosen from 10k codes so the tests stay small (the real threshold is 50k)."""
-    if "clustered" in request.fixturenames:
-        monkeypatch.setattr(autotune, "MIN_IVF_CODES", 10_000)
+    monkeypatch.setattr(autotune, "MIN_IVF_CODES", 10_000)
 
 
-def test_ivf_choice_reaches_the_requested_recall_on_fresh_queries(clustered):
-    choice = build_auto(clustered.database, 64, {"recall": 0.9}, compare_latency=False)
-    assert choice.spec.kind == "IVF"
-    assert choice.spec.args == (choose_nlist(len(clustered.database)),)
-    assert choice.report["recall"] >= 0.9 + 0.005 - 1e-9
-    assert choice.index.ntotal == len(clustered.database)
-    D, I = choice.index.search(clustered.queries, 8)
-    kth = brute_force_knn(clustered.queries, clustered.database, 8)[0][:, 7]
-    # Tuned on database codes, checked on unseen queries from the same generator.
-    assert distance_recall(clustered.queries, clustered.database, I, kth) >= 0.85
+@pytest.mark.parametrize("n_clusters, seed", [(60, 11), (400, 12)])
+@pytest.mark.parametrize("queries", ["fresh", "perturbed"])
+@pytest.mark.parametrize("recall", [0.9, 0.95])
+def test_auto_keeps_its_recall_on_queries_not_in_the_index(n_clusters, seed, queries, recall):
+    """The promise: what auto records is what a user gets on queries from outside the index
+    (held-out codes, or stored codes with 5 % of bits flipped), on splits auto never saw."""
+    data = synthetic_codes(12_000, 600, 64, "clustered", n_clusters=n_clusters, queries=queries, seed=seed)
+    choice = build_auto(data.database, 64, {"recall": recall}, compare_latency=False)
+    assert choice.spec.kind in ("IVF", "MultiHash")
+    assert choice.report["recall"] >= recall and choice.report["request_met"]
+    assert "not in the index" in choice.report["calibration"]
+    assert {c["spec"] for c in choice.report["candidates"]} == {"IVF128", "MultiHash4x16"}
+    assert all(c["build_s"] > 0 and c["memory_bytes"] > len(data.database) * 8 for c in choice.report["candidates"])
+    _, I = choice.index.search(data.queries, 8)
+    kth = brute_force_knn(data.queries, data.database, 8)[0][:, 7]
+    assert distance_recall(data.queries, data.database, I, kth) >= recall - 0.01
+
+
+def test_unreachable_recall_falls_back_to_flat_and_says_so():
+    # Uniform codes: the 8th neighbour lies ~17 bits away, beyond what four 16-bit tables
+    # probed with up to 3 flipped bits each are sure to find (4 * (3 + 1) - 1 = 15 bits).
+    codes = synthetic_codes(12_000, 0, 64, "uniform", seed=5).database
+    with pytest.warns(UserWarning, match="no candidate reaches"):
+        choice = build_auto(codes, 64, {"recall": 0.99}, compare_latency=False,
+                            candidates=[parse_spec("MultiHash4x16")])
+    assert str(choice.spec) == "flat" and choice.report["request_met"]
+    (tried,) = choice.report["candidates"]
+    assert tried["param"] == {"nflip": 3} and tried["recall"] < 0.99 and not tried["meets"]
+    assert "MultiHash4x16" in choice.report["reason"]
+    assert choice.index.ntotal == len(codes)
+
+
+def test_unmeetable_latency_budget_falls_back_to_flat_and_says_so(clustered):
+    with pytest.warns(UserWarning, match="latency_ms=1e-06"):
+        choice = build_auto(clustered.database, 64, {"recall": 0.9, "latency_ms": 1e-6})
+    assert str(choice.spec) == "flat" and choice.report["request_met"] is False
+    assert all(not c["meets"] for c in choice.report["candidates"])
 
 
 def test_memory_budget_too_small_for_ivf_falls_back_to_flat(clustered):
     n = len(clustered.database)
     budget_mb = n * 8 * 1.5 / 2**20  # holds the codes, not codes + int64 ids
-    choice = build_auto(clustered.database, 64, {"recall": 0.9, "memory_mb": budget_mb}, compare_latency=False)
+    with pytest.warns(UserWarning, match="no candidate"):
+        choice = build_auto(clustered.database, 64, {"recall": 0.9, "memory_mb": budget_mb}, compare_latency=False)
     assert str(choice.spec) == "flat" and "memory_mb" in choice.report["reason"]
+    assert all("skipped" in c for c in choice.report["candidates"])
 
 
 def test_memory_budget_too_small_for_any_index_is_an_error(clustered):
@@ -145,7 +200,7 @@ def test_generous_latency_budget_keeps_exact_flat(clustered):
 def test_hashindex_auto_saves_the_resolved_spec(tmp_path, clustered):
     index = HashIndex(64, "auto,recall=0.9")
     index.add(clustered.database)
-    assert index.spec.kind in ("flat", "IVF")  # which one depends on measured latency
+    assert index.spec.kind in ("flat", "IVF", "MultiHash")  # which one depends on measured latency
     report = index.metadata["auto"]
     assert report["request"]["recall"] == 0.9 and report["recall"] >= 0.9
     index.add(clustered.queries[:10])  # later adds grow the chosen index
