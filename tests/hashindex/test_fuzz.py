@@ -188,16 +188,17 @@ def test_shards_without_checksums_still_read(tmp_path, monkeypatch):
     """Stores written before shards carried checksums (old HDF5 format, no fletcher32, no paths CRC)."""
     import h5py
 
-    import hashindex.store as store_mod
+    import hashindex.store.writer as writer_mod
+    from hashindex.store.format import PATHS_CRC_ATTR
 
-    monkeypatch.setattr(store_mod, "_LIBVER", "earliest")
-    monkeypatch.setattr(store_mod, "_CHECKSUM", {})
+    monkeypatch.setattr(writer_mod, "_LIBVER", "earliest")
+    monkeypatch.setattr(writer_mod, "_CHECKSUM", {})
     codes = np.arange(24, dtype=np.uint8).reshape(3, 8)
     with ShardWriter(tmp_path / "s", 64) as writer:
         writer.add(codes, paths=["a.png", "b.png", "c.png"])
     with h5py.File(tmp_path / "s" / "part-00000.h5", "a") as f:
         assert f["codes"].fletcher32 is False
-        del f.attrs[store_mod._PATHS_CRC]
+        del f.attrs[PATHS_CRC_ATTR]
     out = ShardReader(tmp_path / "s").read(("codes", "paths"))
     np.testing.assert_array_equal(out["codes"], codes)
     assert out["paths"] == ["a.png", "b.png", "c.png"]

@@ -61,7 +61,8 @@ def test_resume_after_crash_drops_the_partial_shard(tmp_path, rng):
     data = _records(rng, 20)
     w = ShardWriter(tmp_path / "s", 64, feature_dim=6, shard_size=7)
     w.add(**{k: v[:10] for k, v in data.items()})
-    w._file.close()  # simulate a crash: the open shard is never completed
+    w._file.close()  # simulate a crash: the open shard is never completed, and the dead process
+    w._lock.release()  # would hold no lock
     with pytest.warns(UserWarning, match="ignoring incomplete temporary"):
         assert len(ShardReader(tmp_path / "s")) == 7
     with pytest.raises(FileExistsError, match="resume=True"):
