@@ -23,7 +23,7 @@ PATHS_CRC_ATTR = "paths_crc32"
 
 
 class ShardError(ValueError):
-    """A shard or store that cannot be read or appended to; the message names the file."""
+    """A shard, store or saved index that cannot be read or written to; the message names the file."""
 
 
 @dataclass
@@ -121,7 +121,7 @@ def check_shard_name(name, manifest: Path) -> str:
     return name
 
 
-def _check_local_datasets(f: h5py.File, path: Path) -> None:
+def check_local_datasets(f: h5py.File, path: Path) -> None:
     """Refuse shards whose datasets would read another file: external links, external raw
     storage or virtual datasets (a store from an untrusted source could point them anywhere)."""
     for name in f:
@@ -143,7 +143,7 @@ def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
                 raise ShardError(f"{path}: not a hashindex shard (foreign HDF5 file)")
             if not attrs.get("complete", False):
                 raise ShardError(f"{path}: shard is not marked complete")
-            _check_local_datasets(f, path)
+            check_local_datasets(f, path)
             missing = [name for name in ("codes", "labels", "ids") if name not in f]
             if missing:
                 raise ShardError(f"{path}: missing dataset(s) {', '.join(missing)}")
