@@ -26,10 +26,12 @@ def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int 
     """Encode ``query_images`` with the index's encoder, search, vote; one dict per query with its
     neighbours (id, distance, class, path) and voted class, or an ``error`` for an unreadable image."""
     from encoders import load_encoder
+    from encoders.checkpoint import check_made_by
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
     model = load_encoder(_recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    check_made_by(model, index.metadata, f"index {index_dir}")
     codes, features, encoded, failed = encode_files(model, query_images)
     if rerank:
         D, I = index.search_rerank(codes, features, k=k, candidates=candidates)

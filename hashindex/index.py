@@ -266,8 +266,8 @@ class HashIndex:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
         if len(self) == 0:
             return np.zeros(len(packed) + 1, dtype=np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
-        # Faiss counts neighbours strictly below the threshold.
-        return self._index.range_search(self._faiss_codes(packed), int(radius) + 1)
+        # Faiss counts neighbours strictly below the threshold (an int32); no distance exceeds faiss_bits.
+        return self._index.range_search(self._faiss_codes(packed), int(min(radius, self.faiss_bits)) + 1)
 
     def search_rerank(self, codes, features, k: int = 8, candidates: int = 1000,
                       radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +289,7 @@ class HashIndex:
         if radius is not None:
             pool = range_pool(*self.range_search_rows(packed, radius))
         else:
-            pool = self.search_rows(packed, check_candidates(candidates))[1]
+            pool = self.search_rows(packed, max(1, min(check_candidates(candidates), len(self))))[1]
         if stored is None:  # an empty index: nothing to rerank, every slot is padding
             return np.full((len(packed), k), np.inf, np.float32), np.full((len(packed), k), -1, np.int64)
         return rerank_euclidean(q, stored, pool, k)

@@ -20,6 +20,9 @@ SHARD_PATTERN = "part-{:05d}.h5"
 FIELDS = ("codes", "labels", "ids", "features", "paths")
 #: Attribute holding the CRC-32 of a shard's UTF-8 paths (kept in an unchecksummed global heap).
 PATHS_CRC_ATTR = "paths_crc32"
+#: Attribute of each numeric dataset: the CRC-32 of its bytes as written. fletcher32 alone passes
+#: a chunk that was never written (all zeros, checksum included), as a full disk can leave it.
+DATA_CRC_ATTR = "crc32"
 
 
 class ShardError(ValueError):
@@ -168,7 +171,7 @@ def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
 
 def verify_shard_data(path: Path, bits: int | None = None) -> dict:
     """:func:`read_shard_attrs`, then read every dataset in full, so that each chunk's fletcher32
-    and the paths' CRC-32 are checked: a shard whose writes failed unnoticed raises ``ShardError``."""
+    and each dataset's CRC-32 are checked: a shard whose writes failed unnoticed raises ``ShardError``."""
     attrs = read_shard_attrs(path, bits)
     try:
         with h5py.File(path, "r") as f:
@@ -176,6 +179,8 @@ def verify_shard_data(path: Path, bits: int | None = None) -> dict:
                 values = f[name][()]
                 if name == "paths":
                     decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
+                else:
+                    check_data_crc(f[name], values, path)
     except ShardError:
         raise
     except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
@@ -185,6 +190,13 @@ def verify_shard_data(path: Path, bits: int | None = None) -> dict:
 
 def corrupt_shard_error(path: Path, exc: BaseException) -> ShardError:
     return ShardError(f"{path}: unreadable shard (truncated or corrupt HDF5 file: {type(exc).__name__}: {exc})")
+
+
+def check_data_crc(dataset: h5py.Dataset, values: np.ndarray, path: Path) -> None:
+    """Compare a numeric dataset's values with the CRC-32 written with them (older shards have none)."""
+    crc = dataset.attrs.get(DATA_CRC_ATTR)
+    if crc is not None and zlib.crc32(np.ascontiguousarray(values)) != int(crc):
+        raise ShardError(f"{path}: dataset {dataset.name.lstrip('/')} fails its CRC-32 check (corrupt shard)")
 
 
 def encode_path(path: str) -> bytes:

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 
 from ..durable import TMP_SUFFIX
-from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, corrupt_shard_error, decode_paths,
-                     read_shard_attrs, read_store_info)
+from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, check_data_crc, corrupt_shard_error,
+                     decode_paths, read_shard_attrs, read_store_info)
 
 
 class ShardReader:
@@ -85,8 +85,11 @@ class ShardReader:
         try:
             with h5py.File(path, "r") as f:
                 data = {name: f[name][()] for name in fields if name in f}
-                if "paths" in data:
-                    data["paths"] = decode_paths(data["paths"], f.attrs.get(PATHS_CRC_ATTR), path)
+                for name, values in data.items():
+                    if name == "paths":
+                        data["paths"] = decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
+                    else:
+                        check_data_crc(f[name], values, path)
         except ShardError:
             raise
         except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
@@ -128,6 +131,7 @@ class ShardReader:
                                        if "paths" in f else [""] * count)
                         else:
                             f[name].read_direct(arr, dest_sel=np.s_[offset : offset + count])
+                            check_data_crc(f[name], arr[offset : offset + count], path)
             except ShardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - see read_shard_attrs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -12,8 +13,8 @@ import numpy as np
 
 from ..codes import as_packed_codes, check_bits, int_column
 from ..durable import TMP_SUFFIX, DirectoryLock, replace_durably, write_json_atomic
-from .format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, PATHS_CRC_ATTR, SHARD_PATTERN, ShardError, StoreInfo,
-                     encode_path, paths_crc32, read_store_info, verify_shard_data)
+from .format import (DATA_CRC_ATTR, FORMAT_NAME, FORMAT_VERSION, MANIFEST, PATHS_CRC_ATTR, SHARD_PATTERN, ShardError,
+                     StoreInfo, encode_path, paths_crc32, read_store_info, verify_shard_data)
 
 # HDF5 >= 1.10 object headers and superblock carry checksums; fletcher32 checksums every data
 # chunk; the UTF-8 paths (kept in an unchecksummed global heap) get a CRC-32 attribute. A
@@ -205,7 +206,7 @@ class ShardWriter:
             )
         f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "bits": self.bits,
                         "first_id": first_id, "count": 0, "complete": False})
-        self._file, self._count, self._first_id, self._paths_crc = f, 0, first_id, 0
+        self._file, self._count, self._first_id, self._paths_crc, self._crcs = f, 0, first_id, 0, {}
 
     def _append(self, part: dict) -> None:
         f, n = self._file, len(part["codes"])
@@ -222,8 +223,11 @@ class ShardWriter:
         except BaseException:
             self._roll_back()
             raise
-        if "paths" in part:
-            self._paths_crc = paths_crc32(part["paths"], self._paths_crc)
+        for name, values in part.items():
+            if name == "paths":
+                self._paths_crc = paths_crc32(values, self._paths_crc)
+            else:
+                self._crcs[name] = zlib.crc32(np.ascontiguousarray(values, dtype=f[name].dtype), self._crcs.get(name, 0))
         self._count += n
         self._next_id = int(part["ids"][-1]) + 1
 
@@ -245,6 +249,8 @@ class ShardWriter:
             f.attrs["count"] = self._count
             if "paths" in f:
                 f.attrs[PATHS_CRC_ATTR] = self._paths_crc
+            for name, crc in self._crcs.items():
+                f[name].attrs[DATA_CRC_ATTR] = crc
             f.attrs["last_id"] = self._next_id - 1
             f.attrs["complete"] = True
             f.flush()  # write errors (a full disk) raise here; at close h5py would only print them

@@ -322,8 +322,9 @@ def test_kill_9_during_save_leaves_a_loadable_index(tmp_path):
         proc.kill()
         proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        # a save cut short leaves its version directory (or pointer) behind, never in use
-        interrupted_saves += len(list((tmp_path / "ix").glob("v-*"))) > 1 or any((tmp_path / "ix").glob("*.tmp"))
+        # a save cut short leaves its version directory (or pointer) behind, never in use (beside
+        # the current version and the one it replaced)
+        interrupted_saves += len(list((tmp_path / "ix").glob("v-*"))) > 2 or any((tmp_path / "ix").glob("*.tmp"))
         index = HashIndex.load(tmp_path / "ix")
         codes, labels, features = versions[index.metadata["marker"]]
         np.testing.assert_array_equal(index.labels, labels)
