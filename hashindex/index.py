@@ -17,7 +17,7 @@ from .index_dir import META, check_file, check_meta, file_crc32, new_version, pu
 from .rerank import rerank_euclidean
 from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardError, ShardReader
-from .store.format import check_local_datasets
+from .store.format import check_local_datasets, hdf5_image, memory_hdf5
 from .vote import majority_vote
 
 INDEX_FORMAT = "hashindex-index"
@@ -337,12 +337,12 @@ class HashIndex:
             target = new_version(directory)
             blob = faiss.serialize_index_binary(self._index).tobytes()
             (target / "index.faiss").write_bytes(blob)  # a full disk raises OSError here
-            with h5py.File(target / "data.h5", "w") as f:
-                f.create_dataset("labels", data=self._labels)
-                f.create_dataset("ids", data=self._ids)
-                if self.features is not None:
-                    f.create_dataset("features", data=self.features)
-                f.flush()  # write errors raise here; at close h5py would only print them
+            f = memory_hdf5("data.h5")
+            f.create_dataset("labels", data=self._labels)
+            f.create_dataset("ids", data=self._ids)
+            if self.features is not None:
+                f.create_dataset("features", data=self.features)
+            (target / "data.h5").write_bytes(hdf5_image(f))
             checksums = {name: {"size": (target / name).stat().st_size, "crc32": file_crc32(target / name)}
                          for name in ("index.faiss", "data.h5")}
             meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,

@@ -117,6 +117,21 @@ def write_store_info(directory: str | os.PathLike, info: StoreInfo) -> None:
     write_json_atomic(Path(directory) / MANIFEST, info.to_json())
 
 
+def memory_hdf5(name: str, libver: str = "v110") -> h5py.File:
+    """A new HDF5 file kept in memory, written out whole by :func:`hdf5_image`. HDF5 never writes
+    to the disk itself then: its write errors (a full disk) are only printed, and can crash the
+    process at exit; Python's own write of the image raises ``OSError`` instead."""
+    return h5py.File(name, "w", driver="core", backing_store=False, libver=libver)
+
+
+def hdf5_image(f: h5py.File) -> bytes:
+    """Close a :func:`memory_hdf5` file and return its bytes."""
+    f.flush()
+    image = f.id.get_file_image()
+    f.close()
+    return image
+
+
 def check_shard_name(name, manifest: Path) -> str:
     """A manifest's shard ``file`` entry must be a plain file name inside the store."""
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:

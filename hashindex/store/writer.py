@@ -14,7 +14,8 @@ import numpy as np
 from ..codes import as_packed_codes, check_bits, int_column
 from ..durable import TMP_SUFFIX, DirectoryLock, replace_durably, write_json_atomic
 from .format import (DATA_CRC_ATTR, FORMAT_NAME, FORMAT_VERSION, MANIFEST, PATHS_CRC_ATTR, SHARD_PATTERN, ShardError,
-                     StoreInfo, encode_path, paths_crc32, read_store_info, verify_shard_data)
+                     StoreInfo, encode_path, hdf5_image, memory_hdf5, paths_crc32, read_store_info,
+                     verify_shard_data)
 
 # HDF5 >= 1.10 object headers and superblock carry checksums; fletcher32 checksums every data
 # chunk; the UTF-8 paths (kept in an unchecksummed global heap) get a CRC-32 attribute. A
@@ -191,7 +192,7 @@ class ShardWriter:
         index = len(self.info.shards)
         final = self.directory / SHARD_PATTERN.format(index)
         self._tmp_path = final.with_name(final.name + TMP_SUFFIX)
-        f = h5py.File(self._tmp_path, "w", libver=_LIBVER)
+        f = memory_hdf5(self._tmp_path.name, _LIBVER)  # written to the disk only once complete
         nbytes = self.bits // 8
         chunk = min(self.shard_size, 65536)
         f.create_dataset("codes", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8, chunks=(chunk, nbytes),
@@ -253,8 +254,7 @@ class ShardWriter:
                 f[name].attrs[DATA_CRC_ATTR] = crc
             f.attrs["last_id"] = self._next_id - 1
             f.attrs["complete"] = True
-            f.flush()  # write errors (a full disk) raise here; at close h5py would only print them
-            f.close()
+            tmp.write_bytes(hdf5_image(f))  # a full disk raises OSError here
             # Read every byte back through its checksums: only an intact shard gets its real name.
             verify_shard_data(tmp, bits=self.bits)
             replace_durably(tmp, final)
