@@ -23,6 +23,8 @@ from hashindex import ShardReader
 from hashindex.datasets import load_digits_images, write_image_folder
 from hashindex.durable import DirectoryLock
 
+pytestmark = pytest.mark.slow  # about 20 CLI subprocesses (each imports torch): minutes on 2 cores
+
 SHARD, BATCH = 16, 8
 FIELDS = ("codes", "labels", "ids", "features", "paths")
 
