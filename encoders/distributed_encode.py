@@ -30,7 +30,6 @@ system (image reads, shard writes) or the driver's merge (a rename per shard) li
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil

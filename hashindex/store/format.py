@@ -188,19 +188,25 @@ def verify_shard_data(path: Path, bits: int | None = None) -> dict:
     """:func:`read_shard_attrs`, then read every dataset in full, so that each chunk's fletcher32
     and each dataset's CRC-32 are checked: a shard whose writes failed unnoticed raises ``ShardError``."""
     attrs = read_shard_attrs(path, bits)
+    read_checked(path, attrs["fields"])
+    return attrs
+
+
+def read_checked(path: Path, fields) -> dict:
+    """Read the ``fields`` a shard has, each checked against its CRC-32 (paths decoded)."""
     try:
         with h5py.File(path, "r") as f:
-            for name in attrs["fields"]:
-                values = f[name][()]
+            data = {name: f[name][()] for name in fields if name in f}
+            for name, values in data.items():
                 if name == "paths":
-                    decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
+                    data["paths"] = decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
                 else:
                     check_data_crc(f[name], values, path)
     except ShardError:
         raise
     except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
         raise corrupt_shard_error(path, exc) from exc
-    return attrs
+    return data
 
 
 def corrupt_shard_error(path: Path, exc: BaseException) -> ShardError:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..durable import TMP_SUFFIX
 from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, check_data_crc, corrupt_shard_error,
-                     decode_paths, read_shard_attrs, read_store_info)
+                     decode_paths, read_checked, read_shard_attrs, read_store_info)
 
 
 class ShardReader:
@@ -82,18 +82,7 @@ class ShardReader:
             yield self.read_shard(path)
 
     def read_shard(self, path: Path, fields: Sequence[str] = FIELDS) -> Shard:
-        try:
-            with h5py.File(path, "r") as f:
-                data = {name: f[name][()] for name in fields if name in f}
-                for name, values in data.items():
-                    if name == "paths":
-                        data["paths"] = decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
-                    else:
-                        check_data_crc(f[name], values, path)
-        except ShardError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
-            raise corrupt_shard_error(path, exc) from exc
+        data = read_checked(path, fields)
         paths = data.pop("paths", None)
         return Shard(path=path, paths=paths, **{k: data.get(k) for k in ("codes", "labels", "ids", "features")})
 

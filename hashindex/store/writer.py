@@ -228,7 +228,8 @@ class ShardWriter:
             if name == "paths":
                 self._paths_crc = paths_crc32(values, self._paths_crc)
             else:
-                self._crcs[name] = zlib.crc32(np.ascontiguousarray(values, dtype=f[name].dtype), self._crcs.get(name, 0))
+                stored = np.ascontiguousarray(values, dtype=f[name].dtype)
+                self._crcs[name] = zlib.crc32(stored, self._crcs.get(name, 0))
         self._count += n
         self._next_id = int(part["ids"][-1]) + 1
 
