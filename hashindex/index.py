@@ -13,14 +13,14 @@ from .durable import DirectoryLock, fsync_path, write_json_atomic
 from .autotune import TRAIN_CODES_PER_LIST
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
-from .index_dir import META, check_file, check_meta, file_crc32, new_version, publish_version, read_current, seal_meta
+from .index_dir import (INDEX_FORMAT, META, check_file, check_meta, file_crc32, new_version, publish_version,
+                        read_current, seal_meta)
 from .rerank import rerank_euclidean
 from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardError, ShardReader
 from .store.format import check_local_datasets, hdf5_image, memory_hdf5
 from .vote import majority_vote
 
-INDEX_FORMAT = "hashindex-index"
 INDEX_FORMAT_VERSION = 1
 
 
@@ -335,16 +335,16 @@ class HashIndex:
         directory.mkdir(parents=True, exist_ok=True)
         with DirectoryLock(directory, "index directory"):
             target = new_version(directory)
-            blob = faiss.serialize_index_binary(self._index).tobytes()
-            (target / "index.faiss").write_bytes(blob)  # a full disk raises OSError here
             f = memory_hdf5("data.h5")
             f.create_dataset("labels", data=self._labels)
             f.create_dataset("ids", data=self._ids)
             if self.features is not None:
                 f.create_dataset("features", data=self.features)
-            (target / "data.h5").write_bytes(hdf5_image(f))
-            checksums = {name: {"size": (target / name).stat().st_size, "crc32": file_crc32(target / name)}
-                         for name in ("index.faiss", "data.h5")}
+            files = {"index.faiss": faiss.serialize_index_binary(self._index).tobytes(), "data.h5": hdf5_image(f)}
+            checksums = {}
+            for name, data in files.items():
+                (target / name).write_bytes(data)  # a full disk raises OSError here
+                checksums[name] = {"size": len(data), "crc32": file_crc32(target / name, data)}
             meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
                     "faiss_bits": self.faiss_bits,
                     "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,

@@ -23,6 +23,7 @@ from pathlib import Path
 from .durable import replace_durably, write_json_atomic
 from .store import ShardError
 
+INDEX_FORMAT = "hashindex-index"  #: the ``format`` of a version's meta.json
 MARKER = "hashindex-dir.json"
 MARKER_FORMAT = "hashindex-index-dir"
 CURRENT = "CURRENT"
@@ -73,7 +74,7 @@ def _previous_versions(directory: Path) -> list[str]:
     # An index saved before the marker existed: adopt it if CURRENT names one of our versions.
     try:
         current = read_current(directory)
-        legacy = json.loads((current / META).read_text(encoding="utf-8")).get("format") == "hashindex-index"
+        legacy = json.loads((current / META).read_text(encoding="utf-8")).get("format") == INDEX_FORMAT
     except (OSError, ValueError):
         legacy = False
     if not legacy:

@@ -237,6 +237,8 @@ class ShardWriter:
         """Shrink the open shard's datasets back to its complete records after a failed append;
         if even that fails, discard the shard (its records were never listed)."""
         try:
+            if not self._count and "paths" in self._file:
+                del self._file["paths"]  # created by the failed batch: the next may come without paths
             for name in self._file:
                 self._file[name].resize(self._count, axis=0)
         except BaseException:
