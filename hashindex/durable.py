@@ -28,8 +28,12 @@ def replace_durably(tmp: Path, final: Path) -> None:
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    replace_durably(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        replace_durably(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: leave no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class LockedError(OSError):
