@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +19,11 @@ ENCODER_FORMAT_VERSION = 1
 _BUILD_ONLY_KEYS = ("weights",)
 
 
+def portable_config(config: dict) -> dict:
+    """A model's config without the keys that name files used only when it was first built."""
+    return {k: v for k, v in config.items() if k not in _BUILD_ONLY_KEYS}
+
+
 def save_torch_atomic(payload: dict, path: "str | os.PathLike") -> Path:
     """``torch.save`` through a temporary file and an atomic rename."""
     path = Path(path)
@@ -27,10 +34,32 @@ def save_torch_atomic(payload: dict, path: "str | os.PathLike") -> Path:
     return path
 
 
+def encoder_identity(model) -> str:
+    """SHA-256 of an encoder's method, config and weights: two encoders with equal identity give
+    equal codes. Stores and indexes record it, so codes of different models are never mixed."""
+    digest = hashlib.sha256()
+    described = json.dumps([model.method, portable_config(model.config)], sort_keys=True, default=str)
+    digest.update(described.encode("utf-8"))
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tensor.numel()}\0".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_made_by(model, metadata: dict, what: str) -> None:
+    """Raise ``ValueError`` unless ``model`` is the encoder whose identity ``metadata`` (a store's
+    or an index's) records; ``what`` names the store or index. Records without one pass."""
+    recorded, identity = metadata.get("encoder_id"), encoder_identity(model)
+    if recorded is not None and recorded != identity:
+        raise ValueError(f"{what} holds codes of another model (identity {str(recorded)[:12]}, this encoder is "
+                         f"{identity[:12]}); use the encoder file it was made with")
+
+
 def save_encoder(model, path: "str | os.PathLike", class_names: "list[str] | None" = None,
                  extra: "dict | None" = None) -> Path:
     """Write ``model`` (a registered encoder) to ``path``; :func:`load_encoder` rebuilds it."""
-    config = {k: v for k, v in model.config.items() if k not in _BUILD_ONLY_KEYS}
+    config = portable_config(model.config)
     payload = {
         "format": ENCODER_FORMAT,
         "version": ENCODER_FORMAT_VERSION,
@@ -56,6 +85,10 @@ def read_encoder_file(path: "str | os.PathLike") -> dict:
         raise ValueError(f"{path}: not a hashindex encoder file")
     if payload.get("version") != ENCODER_FORMAT_VERSION:
         raise ValueError(f"{path}: encoder file version {payload.get('version')} is not supported")
+    kinds = {"method": str, "config": dict, "state_dict": dict, "class_names": list}
+    wrong = [key for key, kind in kinds.items() if not isinstance(payload.get(key), kind)]
+    if wrong:
+        raise ValueError(f"{path}: encoder file has no valid {', '.join(wrong)}")
     return payload
 
 
@@ -69,8 +102,13 @@ def load_encoder(path: "str | os.PathLike", method: "str | None" = None, bits: "
         raise ValueError(f"{path}: encoder file holds method {payload['method']!r}, expected {method!r}")
     if bits is not None and payload["config"].get("bits") != bits:
         raise ValueError(f"{path}: encoder file holds {payload['config'].get('bits')}-bit codes, expected {bits}-bit")
-    model = create_encoder(payload["method"], **payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = create_encoder(payload["method"], **portable_config(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        # A config the method does not take, or weights of another shape: a damaged or foreign file.
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: encoder file does not rebuild its {payload['method']!r} model ({message})") from exc
     model.class_names = payload["class_names"]
     return model.eval()
 

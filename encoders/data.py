@@ -6,6 +6,7 @@ orders them); an unsupervised folder may instead hold images directly (label ``-
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import warnings
@@ -51,6 +52,14 @@ def list_images(root: "str | os.PathLike", supervised: bool = True) -> ImageList
     if not samples:
         raise ValueError(f"{root} holds no image files (extensions: {', '.join(IMG_EXTENSIONS)})")
     return ImageList(root=root, samples=list(samples), classes=list(classes))
+
+
+def listing_fingerprint(images: ImageList) -> str:
+    """SHA-256 of a listing's relative paths and labels: equal iff the ids mean the same files."""
+    digest = hashlib.sha256()
+    for path, label in images.samples:
+        digest.update(os.path.relpath(path, images.root).encode("utf-8", "surrogateescape") + f"\0{label}\n".encode())
+    return digest.hexdigest()
 
 
 def _image_files(folder: Path) -> list[str]:

@@ -30,7 +30,6 @@ system (image reads, shard writes) or the driver's merge (a rename per shard) li
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ from hashindex.durable import write_json_atomic
 from hashindex.store import (MANIFEST, ShardError, ShardReader, StoreInfo, merge_store, read_store_info,
                              write_store_info)
 
-from .data import list_images
+from .data import list_images, listing_fingerprint
 from .encode import SKIPPED_REPORT, encode_folder
 
 WORK_DIR = ".ray-encode"
@@ -118,7 +117,7 @@ def encode_folder_ray(
     num_chunks = -(-len(images) // chunk_size)
     loaded = _load_model(model)
     plan = {"image_root": str(images.root.resolve()), "num_images": len(images),
-            "fingerprint": _fingerprint(images), "supervised": supervised, "chunk_size": chunk_size,
+            "fingerprint": listing_fingerprint(images), "supervised": supervised, "chunk_size": chunk_size,
             "num_chunks": num_chunks, "batch_size": batch_size, "shard_size": shard_size,
             "feature_dtype": feature_dtype, "bits": loaded.bits, "feature_dim": loaded.feature_dim,
             "encoder": loaded.method}
@@ -217,7 +216,7 @@ def _worker_listing(plan: dict):
     key = (plan["image_root"], plan["supervised"], plan["fingerprint"])
     if key not in _LISTING_CACHE:
         images = list_images(plan["image_root"], supervised=plan["supervised"])
-        if _fingerprint(images) != plan["fingerprint"]:
+        if listing_fingerprint(images) != plan["fingerprint"]:
             raise RuntimeError(f"{plan['image_root']}: this worker lists different images than the driver "
                                f"({len(images)} vs {plan['num_images']}); the folder changed or is not the "
                                "same on every node")
@@ -319,13 +318,6 @@ def _load_model(model):
 
         return load_encoder(model)
     return model
-
-
-def _fingerprint(images) -> str:
-    digest = hashlib.sha256()
-    for path, label in images.samples:
-        digest.update(f"{os.path.relpath(path, images.root)}\0{label}\n".encode("utf-8"))
-    return digest.hexdigest()
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -19,9 +19,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hashindex.durable import replace_durably
-from hashindex.store import ShardWriter
+from hashindex.store import MANIFEST, ShardWriter, read_store_info
 
-from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images
+from .checkpoint import encoder_identity, portable_config
+from .data import (ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images,
+                   listing_fingerprint)
 from .training import resolve_device
 
 SKIPPED_REPORT = "skipped.jsonl"
@@ -58,22 +60,30 @@ def encode_folder(
 ) -> EncodeReport:
     """Encode every image of ``image_dir`` with ``model`` into a shard store at ``out_dir``.
 
-    With ``resume=True`` an interrupted encode continues after the last complete shard.
+    With ``resume=True`` an interrupted encode continues after the last complete shard; it is
+    refused (``ValueError``) when the store was started by another model or from another listing
+    of the folder. A resume with nothing left to do writes nothing.
     Labels come from the folder's class sub-folders (``-1`` if it has none), so classes
     the model never saw are indexed with their labels too. ``ids`` restricts the encode
     to those file positions (used by distributed encoding).
     """
     images = image_dir if isinstance(image_dir, ImageList) else list_images(image_dir, supervised=supervised)
     out_dir = Path(out_dir)
+    job = {"encoder_id": encoder_identity(model), "listing": listing_fingerprint(images), "num_images": len(images)}
+    if resume and (out_dir / MANIFEST).exists():
+        _check_same_job(read_store_info(out_dir).metadata, job, images.root, out_dir)
     writer = ShardWriter(
         out_dir, model.bits, feature_dim=model.feature_dim, feature_dtype=feature_dtype,
         class_names=images.classes, shard_size=shard_size, resume=resume,
         metadata={"image_root": str(images.root.resolve()), "encoder": model.method,
-                  "encoder_config": {k: v for k, v in model.config.items() if k != "weights"}},
+                  "encoder_config": portable_config(model.config), **job},
     )
     already = writer.num_records
     todo = list(range(len(images))) if ids is None else sorted(ids)
     todo = [i for i in todo if i >= writer.info.next_id]
+    if not todo:
+        writer.close()
+        return EncodeReport(out_dir=out_dir, encoded=0, resumed_after=already)
     dev = resolve_device(device)
     model.to(dev).eval()
     loader = DataLoader(ImageFileDataset(images, image_transform(model.input_cfg), ids=todo),
@@ -103,6 +113,19 @@ def encode_folder(
     if skipped_file.stat().st_size == 0:
         skipped_file.unlink()
     return report
+
+
+def _check_same_job(recorded: dict, job: dict, image_dir: Path, out_dir: Path) -> None:
+    """Refuse to resume a store with another model, or after the folder's listing changed (the
+    ids of the files after a change would shift). Stores written before these were recorded pass."""
+    if recorded.get("encoder_id", job["encoder_id"]) != job["encoder_id"]:
+        raise ValueError(f"{out_dir}: cannot resume, the store holds codes of another model (identity "
+                         f"{recorded['encoder_id'][:12]}, this encoder is {job['encoder_id'][:12]}); resume it with "
+                         "the encoder file it was started with, or encode into a new directory")
+    if recorded.get("listing", job["listing"]) != job["listing"]:
+        raise ValueError(f"{image_dir}: the folder changed since {out_dir} was started ({recorded.get('num_images')} "
+                         f"images then, {job['num_images']} now), so a resume would mix up ids; encode new images "
+                         "into the store with `hashindex add`, or encode the folder into a new directory")
 
 
 def _restart_skipped_report(out_dir: Path, next_id: int) -> Path:

@@ -46,14 +46,24 @@ def _echo_training_summary(model_path: Path) -> None:
 
 
 class _Group(click.Group):
-    """Bad input (``ValueError``, hence ``ShardError``; a missing or existing file) ends a command
-    with one ``Error: <message>`` line and exit status 1 rather than a traceback."""
+    """Bad input (``ValueError``, hence ``ShardError``) and environment errors (``OSError``: a
+    missing or existing file, a full or read-only disk, a store locked by another writer) end a
+    command with one ``Error: <message>`` line and exit status 1 rather than a traceback; Ctrl-C
+    with one line and status 130 (complete shards are kept for ``--resume``)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError, FileExistsError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; what was complete is kept (rerun with --resume to continue)", err=True)
+            ctx.exit(130)
+
+
+def _printable(path: str) -> str:
+    """A file name for the terminal: bytes that are not UTF-8 shown as U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -165,7 +175,7 @@ def _report_skipped(skipped, report_file: Path) -> None:
     if skipped:
         click.echo(f"skipped {len(skipped)} unreadable file(s), listed in {report_file}:", err=True)
         for path, reason in skipped[:10]:
-            click.echo(f"  {path}: {reason}", err=True)
+            click.echo(f"  {_printable(path)}: {_printable(reason)}", err=True)
 
 
 @main.command("index")
@@ -214,11 +224,12 @@ def search(index_dir, query_images, k, model_path, rerank, candidates, labels, a
         return
     for item in results:
         if "error" in item:
-            click.echo(f"{item['query']}: unreadable ({item['error']})", err=True)
+            click.echo(f"{_printable(item['query'])}: unreadable ({_printable(item['error'])})", err=True)
             continue
-        click.echo(f"{item['query']}  ->  voted class: {item['voted_class']}")
+        click.echo(f"{_printable(item['query'])}  ->  voted class: {item['voted_class']}")
         for rank, n in enumerate(item["neighbours"], 1):
-            click.echo(f"  {rank:2d}. id {n['id']:>8}  distance {n['distance']:<8g}  class {n['class']:<12} {n['path']}")
+            click.echo(f"  {rank:2d}. id {n['id']:>8}  distance {n['distance']:<8g}  class {n['class']:<12} "
+                       f"{_printable(n['path'])}")
 
 
 @main.command("eval")

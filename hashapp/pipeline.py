@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from encoders import create_encoder, load_encoder, save_encoder
-from encoders.checkpoint import load_trunk
+from encoders.checkpoint import check_made_by, load_trunk
 from encoders.data import list_images
 from encoders.encode import EncodeReport, encode_folder
 from encoders.feature_hashing import is_feature_method
@@ -87,8 +87,14 @@ def build(
     progress: bool = True,
     **train_kwargs,
 ) -> BuildResult:
-    """Train (unless ``model_path`` is given), encode ``image_dir`` and index it under ``out``."""
+    """Train (unless ``model_path`` is given), encode ``image_dir`` and index it under ``out``.
+    Without ``resume`` an ``out`` that already holds a build is refused before anything is trained."""
     out = Path(out)
+    if not resume:
+        taken = [name for name in (MODEL_FILE, SHARDS_DIR, INDEX_DIR) if (out / name).exists()]
+        if taken:
+            raise FileExistsError(f"{out} already holds a build ({', '.join(taken)}); continue it with --resume "
+                                  "(resume=True) or choose a new output directory")
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
         model_path = out / MODEL_FILE
@@ -102,9 +108,11 @@ def build(
 
 
 def index_shards(shards_dir, index_dir, *, spec: str = "flat", model_path=None, progress: bool = True) -> HashIndex:
-    """Load a shard store into a ``spec`` index and save it to ``index_dir``."""
+    """Load a shard store into a ``spec`` index and save it to ``index_dir``; ``model_path`` (the
+    encoder recorded for searches) must be the model that encoded the store."""
     index = HashIndex.from_shards(shards_dir, spec=spec, progress=progress)
     if model_path is not None:
+        check_made_by(load_encoder(model_path), index.metadata, f"{model_path}: store {shards_dir}")
         index.metadata["model"] = str(Path(model_path).resolve())
     index.save(index_dir)
     return index

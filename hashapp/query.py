@@ -28,10 +28,12 @@ def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int 
     :func:`query_results`), or ``{"query", "error"}`` for an unreadable image. ``labels``
     (class names or ints) restricts the neighbours to those classes."""
     from encoders import load_encoder
+    from encoders.checkpoint import check_made_by
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
     model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    check_made_by(model, index.metadata, f"index {index_dir}")
     codes, features, encoded, failed = encode_files(model, query_images)
     results: list[dict] = [{"query": os.fspath(p), "error": reason} for p, reason in failed]
     names = [os.fspath(query_images[position]) for position in encoded]

@@ -28,5 +28,44 @@ def replace_durably(tmp: Path, final: Path) -> None:
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    replace_durably(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        replace_durably(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: leave no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class LockedError(OSError):
+    """Another process (or another writer in this one) holds a directory's write lock."""
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking ``flock`` on a directory, held until :meth:`release`.
+
+    The lock is taken on the directory itself (no lock file), so a read-only store can still
+    be locked by a writer that finds nothing to do. The kernel drops it when the process dies.
+    """
+
+    def __init__(self, directory: Path, what: str) -> None:
+        import fcntl
+
+        self.directory = Path(directory)
+        self._fd: int | None = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise LockedError(f"{self.directory}: another process is writing this {what}; "
+                              "wait for it to finish (or stop it) and retry") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

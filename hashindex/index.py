@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import faiss
 import h5py
 import numpy as np
 
-from .durable import fsync_path, replace_durably, write_json_atomic
+from .durable import DirectoryLock, fsync_path, write_json_atomic
 from .autotune import TRAIN_CODES_PER_LIST
 from .filters import label_mask, masked_knn
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
+from .index_dir import (INDEX_FORMAT, META, check_file, check_meta, file_crc32, new_version, publish_version,
+                        read_current, seal_meta)
 from .rerank import rerank_euclidean
 from .routing import FlatRouting
 from .rows import remove_rows
 from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
-from .store import ShardReader
+from .store import ShardError, ShardReader
+from .store.format import check_local_datasets, hdf5_image, memory_hdf5
 from .vote import majority_vote
 
-INDEX_FORMAT = "hashindex-index"
 INDEX_FORMAT_VERSION = 1
-_CURRENT = "CURRENT"
 
 
 class HashIndex:
@@ -308,8 +307,8 @@ class HashIndex:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
         if len(self) == 0:
             return np.zeros(len(packed) + 1, dtype=np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
-        # Faiss counts neighbours strictly below the threshold.
-        return self._index.range_search(self._faiss_codes(packed), int(radius) + 1)
+        # Faiss counts neighbours strictly below the threshold (an int32); no distance exceeds faiss_bits.
+        return self._index.range_search(self._faiss_codes(packed), int(min(radius, self.faiss_bits)) + 1)
 
     def search_rerank(self, codes, features, k: int = 8, candidates: int = 1000,
                       radius: int | None = None, labels=None) -> tuple[np.ndarray, np.ndarray]:
@@ -334,7 +333,7 @@ class HashIndex:
                 raise ValueError("labels filter kNN pools; pass candidates= instead of radius=")
             pool = range_pool(*self.range_search_rows(packed, radius))
         else:
-            pool = self._knn_rows(packed, check_candidates(candidates), labels)[1]
+            pool = self._knn_rows(packed, max(1, min(check_candidates(candidates), len(self))), labels)[1]
         if stored is None:  # an empty index: nothing to rerank, every slot is padding
             return np.full((len(packed), k), np.inf, np.float32), np.full((len(packed), k), -1, np.int64)
         return rerank_euclidean(q, stored, pool, k)
@@ -379,68 +378,87 @@ class HashIndex:
 
         A new version is written beside the current one and a one-line ``CURRENT``
         pointer is swapped with ``os.replace``: a crash mid-save leaves the previous
-        version loadable.
+        version loadable (see :mod:`hashindex.index_dir`). The directory is locked while
+        saving; one that holds anything but a saved index is refused.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        version = f"v-{uuid.uuid4().hex[:12]}"
-        target = directory / version
-        target.mkdir()
-        faiss.write_index_binary(self._index, str(target / "index.faiss"))
-        with h5py.File(target / "data.h5", "w") as f:
+        with DirectoryLock(directory, "index directory"):
+            target = new_version(directory)
+            f = memory_hdf5("data.h5")
             f.create_dataset("labels", data=self._labels)
             f.create_dataset("ids", data=self._ids)
             if self.features is not None:
                 f.create_dataset("features", data=self.features)
-        meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
-                "faiss_bits": self.faiss_bits,
-                "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,
-                "metadata": self.metadata}
-        write_json_atomic(target / "meta.json", meta)
-        for name in ("index.faiss", "data.h5"):
-            fsync_path(target / name)
-        fsync_path(target)
-        tmp = directory / f"{_CURRENT}.{version}.tmp"
-        tmp.write_text(version + "\n")
-        replace_durably(tmp, directory / _CURRENT)
-        for old in directory.glob("v-*"):
-            if old.name != version:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in directory.glob(f"{_CURRENT}.v-*.tmp"):  # pointers of saves that died before the swap
-            stale.unlink(missing_ok=True)
+            files = {"index.faiss": faiss.serialize_index_binary(self._index).tobytes(), "data.h5": hdf5_image(f)}
+            checksums = {}
+            for name, data in files.items():
+                (target / name).write_bytes(data)  # a full disk raises OSError here
+                checksums[name] = {"size": len(data), "crc32": file_crc32(target / name, data)}
+            meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
+                    "faiss_bits": self.faiss_bits,
+                    "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,
+                    "metadata": self.metadata, "checksums": checksums}
+            write_json_atomic(target / META, seal_meta(meta))
+            for name in ("index.faiss", "data.h5"):
+                fsync_path(target / name)
+            fsync_path(target)
+            publish_version(directory, target)
         return target
 
     @classmethod
     def load(cls, directory, bits: int | None = None, device: str = "cpu") -> "HashIndex":
         """Load an index written by :meth:`save`; ``bits`` (optional) must match the saved width.
-        ``device`` ("cpu" | "gpu" | "auto") is where searches run; it is not saved with the index."""
+        ``device`` ("cpu" | "gpu" | "auto") is where searches run; it is not saved with the index.
+        Every file is checked against the CRC-32 its save recorded (``ShardError`` naming the file)."""
         directory = Path(directory)
-        pointer = directory / _CURRENT
-        if not pointer.exists():
-            raise ValueError(f"{directory}: not a saved hashindex index (no {_CURRENT} file)")
-        target = directory / pointer.read_text().strip()
+        target = read_current(directory)
         try:
-            meta = json.loads((target / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{target}: unreadable index metadata ({exc})") from exc
+            return cls._load_version(directory, target, bits, device)
+        except (OSError, ShardError):
+            if read_current(directory) == target:
+                raise
+            # Another process saved meanwhile and removed the version we were opening: once more.
+            return cls._load_version(directory, read_current(directory), bits, device)
+
+    @classmethod
+    def _load_version(cls, directory: Path, target: Path, bits: int | None, device: str) -> "HashIndex":
+        try:
+            meta = check_meta(json.loads((target / META).read_text(encoding="utf-8")), target / META)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ShardError(f"{target / META}: unreadable index metadata ({exc})") from exc
         if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"{target}: not a hashindex index of a supported version")
         if bits is not None and int(bits) != meta["bits"]:
             raise ValueError(f"{directory}: index holds {meta['bits']}-bit codes, expected {bits}-bit")
+        checksums = meta.get("checksums", {})
         index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"),
                     metadata=meta.get("metadata"), device=device)
-        index._index = faiss.read_index_binary(str(target / "index.faiss"))
+        faiss_file, data_file = target / "index.faiss", target / "data.h5"
+        blob = faiss_file.read_bytes() if faiss_file.exists() else None
+        check_file(faiss_file, checksums.get("index.faiss"), blob)
+        check_file(data_file, checksums.get("data.h5"))
+        try:
+            index._index = faiss.deserialize_index_binary(np.frombuffer(blob, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise ShardError(f"{faiss_file}: unreadable Faiss index ({exc})") from exc
         index.faiss_bits = int(index._index.d)
         if index.faiss_bits != meta.get("faiss_bits", meta["bits"]):
             raise ValueError(f"{target}: index file holds {index.faiss_bits}-bit codes, metadata says "
                              f"{meta.get('faiss_bits', meta['bits'])}")
         if index._auto_request is None:
             apply_search_params(index._index, index.spec.kind, index.spec.params)
-        with h5py.File(target / "data.h5", "r") as f:
-            index._labels = f["labels"][()]
-            index._ids = f["ids"][()]
-            if "features" in f:
-                index._feature_chunks = [f["features"][()]]
+        try:
+            with h5py.File(data_file, "r") as f:
+                check_local_datasets(f, data_file)
+                index._labels = f["labels"][()]
+                index._ids = f["ids"][()]
+                if "features" in f:
+                    index._feature_chunks = [f["features"][()]]
+        except ShardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... on a damaged file
+            raise ShardError(f"{data_file}: unreadable index data ({type(exc).__name__}: {exc})") from exc
         index._ids_are_rows = bool(np.array_equal(index._ids, np.arange(len(index._ids))))
         if not (len(index._labels) == len(index._ids) == index._index.ntotal == meta["ntotal"]):
             raise ValueError(f"{target}: index and data files disagree on the number of codes")

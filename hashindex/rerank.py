@@ -33,12 +33,34 @@ def rerank_euclidean(
         stop = min(nq, start + step)
         pool = candidates[start:stop]
         valid = pool >= 0
-        gathered = database_features[np.where(valid, pool, 0)].astype(np.float32, copy=False)
-        diff = gathered - query_features[start:stop, None, :].astype(np.float32, copy=False)
-        dist = np.sqrt(np.einsum("qcd,qcd->qc", diff, diff))
+        gathered = database_features[np.where(valid, pool, 0)]
+        query = query_features[start:stop, None, :]
+        with np.errstate(over="ignore"):
+            diff = gathered.astype(np.float32, copy=False) - query.astype(np.float32, copy=False)
+            dist = np.sqrt(np.einsum("qcd,qcd->qc", diff, diff))
+        if not np.isfinite(dist[valid]).all():
+            dist = _scaled_distances(gathered, query)  # huge finite features: the squares overflowed
         dist[~valid] = np.inf
         order = np.argsort(dist, axis=1, kind="stable")[:, :keep]
-        D[start:stop, :keep] = np.take_along_axis(dist, order, axis=1)
+        with np.errstate(over="ignore"):  # a distance beyond float32 becomes inf, still a hit
+            D[start:stop, :keep] = np.take_along_axis(dist, order, axis=1)
         chosen = np.take_along_axis(pool, order, axis=1)
-        rows[start:stop, :keep] = np.where(np.isfinite(D[start:stop, :keep]), chosen, -1)
+        rows[start:stop, :keep] = np.where(np.take_along_axis(valid, order, axis=1), chosen, -1)
     return D, rows
+
+
+def _scaled_distances(gathered: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Euclidean distances in float64 as ``m * ||diff / m||`` with ``m = max |diff|``, which
+    neither overflows nor underflows for any finite features."""
+    with np.errstate(over="ignore"):
+        diff = gathered.astype(np.float64) - query.astype(np.float64)
+        if not np.isfinite(diff).all():  # float64 extremes of opposite sign: halve both first
+            diff = gathered.astype(np.float64) / 2 - query.astype(np.float64) / 2
+            return 2 * _norm_scaled(diff)
+    return _norm_scaled(diff)
+
+
+def _norm_scaled(diff: np.ndarray) -> np.ndarray:
+    m = np.abs(diff).max(axis=2, keepdims=True)
+    unit = np.divide(diff, m, out=np.zeros_like(diff), where=m > 0)
+    return m[..., 0] * np.sqrt(np.einsum("qcd,qcd->qc", unit, unit))

@@ -18,14 +18,15 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "part-{:05d}.h5"
 FIELDS = ("codes", "labels", "ids", "features", "paths")
-# HDF5 >= 1.10 object headers and superblock carry checksums; fletcher32 checksums every data
-# chunk; the UTF-8 paths (kept in an unchecksummed global heap) get a CRC-32 attribute. A
 #: Attribute holding the CRC-32 of a shard's UTF-8 paths (kept in an unchecksummed global heap).
 PATHS_CRC_ATTR = "paths_crc32"
+#: Attribute of each numeric dataset: the CRC-32 of its bytes as written. fletcher32 alone passes
+#: a chunk that was never written (all zeros, checksum included), as a full disk can leave it.
+DATA_CRC_ATTR = "crc32"
 
 
 class ShardError(ValueError):
-    """A shard or store that cannot be read or appended to; the message names the file."""
+    """A shard, store or saved index that cannot be read or written to; the message names the file."""
 
 
 @dataclass
@@ -83,6 +84,8 @@ class StoreInfo:
         if payload.get("version") != FORMAT_VERSION:
             raise ShardError(f"{source}: manifest version {payload.get('version')} is not supported")
         try:
+            for entry in payload["shards"]:
+                check_shard_name(entry["file"], source)
             return cls(
                 bits=int(payload["bits"]),
                 feature_dim=payload.get("feature_dim"),
@@ -91,6 +94,8 @@ class StoreInfo:
                 shards=list(payload["shards"]),
                 metadata=dict(payload.get("metadata", {})),
             )
+        except ShardError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ShardError(f"{source}: malformed manifest ({exc})") from exc
 
@@ -112,6 +117,41 @@ def write_store_info(directory: str | os.PathLike, info: StoreInfo) -> None:
     write_json_atomic(Path(directory) / MANIFEST, info.to_json())
 
 
+def memory_hdf5(name: str, libver: str = "v110") -> h5py.File:
+    """A new HDF5 file kept in memory, written out whole by :func:`hdf5_image`. HDF5 never writes
+    to the disk itself then: its write errors (a full disk) are only printed, and can crash the
+    process at exit; Python's own write of the image raises ``OSError`` instead."""
+    return h5py.File(name, "w", driver="core", backing_store=False, libver=libver)
+
+
+def hdf5_image(f: h5py.File) -> bytes:
+    """Close a :func:`memory_hdf5` file and return its bytes."""
+    f.flush()
+    image = f.id.get_file_image()
+    f.close()
+    return image
+
+
+def check_shard_name(name, manifest: Path) -> str:
+    """A manifest's shard ``file`` entry must be a plain file name inside the store."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ShardError(f"{manifest}: shard entry {name!r} is not a plain file name inside the store")
+    return name
+
+
+def check_local_datasets(f: h5py.File, path: Path) -> None:
+    """Refuse shards whose datasets would read another file: external links, external raw
+    storage or virtual datasets (a store from an untrusted source could point them anywhere)."""
+    for name in f:
+        link = f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ShardError(f"{path}: {name!r} is a {type(link).__name__}, not data stored in the shard")
+        obj = f[name]
+        if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+            kind = "external raw storage" if obj.external else "a virtual dataset"
+            raise ShardError(f"{path}: dataset {name!r} uses {kind}, which reads other files; refused")
+
+
 def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
     """Open one shard, check it is complete and well formed, and return its attributes."""
     try:
@@ -121,6 +161,7 @@ def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
                 raise ShardError(f"{path}: not a hashindex shard (foreign HDF5 file)")
             if not attrs.get("complete", False):
                 raise ShardError(f"{path}: shard is not marked complete")
+            check_local_datasets(f, path)
             missing = [name for name in ("codes", "labels", "ids") if name not in f]
             if missing:
                 raise ShardError(f"{path}: missing dataset(s) {', '.join(missing)}")
@@ -143,19 +184,61 @@ def read_shard_attrs(path: Path, bits: int | None = None) -> dict:
             "bits": shard_bits, "fields": list(shapes)}
 
 
+def verify_shard_data(path: Path, bits: int | None = None) -> dict:
+    """:func:`read_shard_attrs`, then read every dataset in full, so that each chunk's fletcher32
+    and each dataset's CRC-32 are checked: a shard whose writes failed unnoticed raises ``ShardError``."""
+    attrs = read_shard_attrs(path, bits)
+    read_checked(path, attrs["fields"])
+    return attrs
+
+
+def read_checked(path: Path, fields) -> dict:
+    """Read the ``fields`` a shard has, each checked against its CRC-32 (paths decoded)."""
+    try:
+        with h5py.File(path, "r") as f:
+            data = {name: f[name][()] for name in fields if name in f}
+            for name, values in data.items():
+                if name == "paths":
+                    data["paths"] = decode_paths(values, f.attrs.get(PATHS_CRC_ATTR), path)
+                else:
+                    check_data_crc(f[name], values, path)
+    except ShardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
+        raise corrupt_shard_error(path, exc) from exc
+    return data
+
+
 def corrupt_shard_error(path: Path, exc: BaseException) -> ShardError:
     return ShardError(f"{path}: unreadable shard (truncated or corrupt HDF5 file: {type(exc).__name__}: {exc})")
 
 
+def check_data_crc(dataset: h5py.Dataset, values: np.ndarray, path: Path) -> None:
+    """Compare a numeric dataset's values with the CRC-32 written with them (older shards have none)."""
+    crc = dataset.attrs.get(DATA_CRC_ATTR)
+    if crc is not None and zlib.crc32(np.ascontiguousarray(values)) != int(crc):
+        raise ShardError(f"{path}: dataset {dataset.name.lstrip('/')} fails its CRC-32 check (corrupt shard)")
+
+
+def encode_path(path: str) -> bytes:
+    """A path as the bytes to store: UTF-8, with undecodable file-name bytes (which ``os``
+    listings carry as surrogate escapes) written back as they were, so nothing is lost."""
+    if "\0" in path:
+        raise ValueError(f"paths: {path!r} contains a NUL character")
+    try:
+        return path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"paths: {path!r} is not encodable ({exc.reason})") from exc
+
+
 def paths_crc32(paths, crc: int = 0) -> int:
     for p in paths:
-        crc = zlib.crc32(p.encode("utf-8") + b"\0", crc)
+        crc = zlib.crc32((p if isinstance(p, bytes) else encode_path(p)) + b"\0", crc)
     return crc
 
 
 def decode_paths(values, crc, path: Path) -> list[str]:
-    """Decode stored paths; check them against the shard's CRC-32 when it has one."""
-    decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-    if crc is not None and paths_crc32(decoded) != int(crc):
+    """Decode stored paths (see :func:`encode_path`); check them against the shard's CRC-32 when it has one."""
+    if crc is not None and paths_crc32(values) != int(crc):
         raise ShardError(f"{path}: paths fail their CRC-32 check (corrupt shard)")
-    return decoded
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in values]

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 
 from ..durable import TMP_SUFFIX
-from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, corrupt_shard_error, decode_paths,
-                     read_shard_attrs, read_store_info)
+from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, check_data_crc, corrupt_shard_error,
+                     decode_paths, read_checked, read_shard_attrs, read_store_info)
 
 
 class ShardReader:
@@ -82,15 +82,7 @@ class ShardReader:
             yield self.read_shard(path)
 
     def read_shard(self, path: Path, fields: Sequence[str] = FIELDS) -> Shard:
-        try:
-            with h5py.File(path, "r") as f:
-                data = {name: f[name][()] for name in fields if name in f}
-                if "paths" in data:
-                    data["paths"] = decode_paths(data["paths"], f.attrs.get(PATHS_CRC_ATTR), path)
-        except ShardError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - see read_shard_attrs
-            raise corrupt_shard_error(path, exc) from exc
+        data = read_checked(path, fields)
         paths = data.pop("paths", None)
         return Shard(path=path, paths=paths, **{k: data.get(k) for k in ("codes", "labels", "ids", "features")})
 
@@ -128,6 +120,7 @@ class ShardReader:
                                        if "paths" in f else [""] * count)
                         else:
                             f[name].read_direct(arr, dest_sel=np.s_[offset : offset + count])
+                            check_data_crc(f[name], arr[offset : offset + count], path)
             except ShardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - see read_shard_attrs

@@ -264,8 +264,9 @@ def test_duplicate_ids_name_both_files(tmp_path):
     store = _store(tmp_path / "s")
     with h5py.File(store / "part-00001.h5", "a") as f:
         ids = f["ids"][()]
-        ids[3] = 2  # id 2 is also in part-00000
+        ids[3] = 2  # id 2 is also in part-00000, in a well-formed shard (checksum updated)
         f["ids"][:] = ids
+        f["ids"].attrs["crc32"] = zlib.crc32(ids)
     with pytest.raises(ShardError, match=r"duplicate ids across shards part-00000.h5 and part-00001.h5 \(e.g. id 2"):
         _open_both(store)
 
@@ -430,7 +431,7 @@ def test_model_file_of_another_method_or_bits(tmp_path, model_file):
     _NOISE.save(images / "x.png")
     encode_folder(load_encoder(model_file), tmp_path / "images", tmp_path / "s", progress=False)
     other = create_encoder("dlbhc", backbone="small_cnn", bits=24, num_classes=2, width=4, feature_dim=8, input_size=16)
-    with pytest.raises(ShardError, match="cannot resume, store has bits=16 but the writer was asked for bits=24"):
+    with pytest.raises(ValueError, match="cannot resume, the store holds codes of another model"):
         encode_folder(other, tmp_path / "images", tmp_path / "s", progress=False, resume=True)
     # nor overwritten by an encode that was not asked to resume
     result = CliRunner().invoke(main, ["encode", str(tmp_path / "images"), "--model", str(model_file),

@@ -252,29 +252,31 @@ def _assert_same_index(got: HashIndex, want: HashIndex) -> None:
 @pytest.mark.parametrize("fail_at", ["write_index", "data", "meta", "fsync", "pointer"])
 def test_failed_save_leaves_previous_index_loadable(tmp_path, rng, monkeypatch, fail_at):
     """A save that dies at any step (a fault injected there) leaves the previous version loadable,
-    and the next successful save cleans the debris up."""
+    and the next successful save cleans the debris up (keeping the version it replaces)."""
     import faiss
     import h5py
 
     import hashindex.index as index_mod
+    import hashindex.index_dir as index_dir_mod
 
     old, new = _index(rng, 300, "old"), _index(rng, 500, "new")
-    old.save(tmp_path / "ix")
+    old_dir = old.save(tmp_path / "ix")
 
     def boom(*args, **kwargs):
         raise OSError(f"injected failure at {fail_at}")
 
-    target = {"write_index": (faiss, "write_index_binary"), "data": (h5py, "File"),
+    target = {"write_index": (faiss, "serialize_index_binary"), "data": (h5py, "File"),
               "meta": (index_mod, "write_json_atomic"), "fsync": (index_mod, "fsync_path"),
-              "pointer": (index_mod, "replace_durably")}[fail_at]
+              "pointer": (index_dir_mod, "replace_durably")}[fail_at]
     with monkeypatch.context() as patch:
         patch.setattr(*target, boom)
         with pytest.raises(OSError, match="injected failure"):
             new.save(tmp_path / "ix")
     _assert_same_index(HashIndex.load(tmp_path / "ix"), old)
-    new.save(tmp_path / "ix")
+    new_dir = new.save(tmp_path / "ix")
     _assert_same_index(HashIndex.load(tmp_path / "ix"), new)
-    assert len(list((tmp_path / "ix").glob("v-*"))) == 1 and not list((tmp_path / "ix").glob("*.tmp"))
+    assert sorted((tmp_path / "ix").glob("v-*")) == sorted([old_dir, new_dir])
+    assert not list((tmp_path / "ix").glob("*.tmp"))
 
 
 # The two indexes the save loop alternates between, as (marker, codes, labels, features); run
@@ -320,8 +322,9 @@ def test_kill_9_during_save_leaves_a_loadable_index(tmp_path):
         proc.kill()
         proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        # a save cut short leaves its version directory (or pointer) behind, never in use
-        interrupted_saves += len(list((tmp_path / "ix").glob("v-*"))) > 1 or any((tmp_path / "ix").glob("*.tmp"))
+        # a save cut short leaves its version directory (or pointer) behind, never in use (beside
+        # the current version and the one it replaced)
+        interrupted_saves += len(list((tmp_path / "ix").glob("v-*"))) > 2 or any((tmp_path / "ix").glob("*.tmp"))
         index = HashIndex.load(tmp_path / "ix")
         codes, labels, features = versions[index.metadata["marker"]]
         np.testing.assert_array_equal(index.labels, labels)

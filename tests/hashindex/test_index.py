@@ -148,9 +148,10 @@ def test_save_load_round_trip(tmp_path, rng):
     feats = rng.normal(size=(300, 6)).astype(np.float16)
     index = HashIndex(64, "IVF4,nprobe=2", class_names=["a", "b", "c"], metadata={"note": "x"})
     index.add(db, labels=rng.integers(0, 3, 300), features=feats, ids=np.arange(300) + 50)
-    index.save(tmp_path / "ix")
-    index.save(tmp_path / "ix")  # a second save replaces the first version
-    assert len(list((tmp_path / "ix").glob("v-*"))) == 1
+    first = index.save(tmp_path / "ix")
+    second = index.save(tmp_path / "ix")  # replaces the first version, kept for readers opening it now
+    third = index.save(tmp_path / "ix")  # the first is removed now
+    assert sorted((tmp_path / "ix").glob("v-*")) == sorted([second, third]) and not first.exists()
     loaded = HashIndex.load(tmp_path / "ix")
     for a, b in [(loaded.labels, index.labels), (loaded.ids, index.ids), (loaded.features, index.features)]:
         np.testing.assert_array_equal(a, b)

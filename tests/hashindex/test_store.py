@@ -1,4 +1,5 @@
 import json
+import zlib
 
 import h5py
 import numpy as np
@@ -45,12 +46,13 @@ def test_round_trip_with_rollover(tmp_path, rng):
             assert f.attrs["complete"] and f.attrs["bits"] == 64
 
 
-def test_open_shard_has_a_temporary_name_until_complete(tmp_path, rng):
+def test_open_shard_reaches_the_disk_only_when_complete(tmp_path, rng):
     data = _records(rng, 10)
     w = ShardWriter(tmp_path / "s", 64, feature_dim=6, shard_size=7)
     w.add(**data)
     names = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert names == ["manifest.json", "part-00000.h5", "part-00001.h5.tmp"]
+    assert names == ["manifest.json", "part-00000.h5"]  # the open shard is built in memory
+    (tmp_path / "s" / "part-00001.h5.tmp").write_bytes(b"\x89HDF")  # as a finish cut short leaves it
     with pytest.warns(UserWarning, match="ignoring incomplete temporary file"):
         assert len(ShardReader(tmp_path / "s")) == 7  # readers see complete shards only
     w.close()
@@ -61,7 +63,9 @@ def test_resume_after_crash_drops_the_partial_shard(tmp_path, rng):
     data = _records(rng, 20)
     w = ShardWriter(tmp_path / "s", 64, feature_dim=6, shard_size=7)
     w.add(**{k: v[:10] for k, v in data.items()})
-    w._file.close()  # simulate a crash: the open shard is never completed
+    w._file.close()  # simulate a crash while the open shard's image was being written: a torn
+    (tmp_path / "s" / "part-00001.h5.tmp").write_bytes(b"\x89HDF")  # temporary file, and no lock
+    w._lock.release()
     with pytest.warns(UserWarning, match="ignoring incomplete temporary"):
         assert len(ShardReader(tmp_path / "s")) == 7
     with pytest.raises(FileExistsError, match="resume=True"):
@@ -152,7 +156,8 @@ def test_missing_dataset_is_named(tmp_path, rng):
 def test_duplicate_ids_across_shards_are_named(tmp_path, rng):
     _first_shard(tmp_path, rng)
     with h5py.File(tmp_path / "s" / "part-00001.h5", "a") as f:
-        f["ids"][:] = np.arange(7)  # same ids as part-00000
+        f["ids"][:] = np.arange(7)  # same ids as part-00000, in a well-formed shard (checksum updated)
+        f["ids"].attrs["crc32"] = zlib.crc32(np.arange(7, dtype=np.int64))
     with pytest.raises(ShardError, match="duplicate ids across shards"):
         ShardReader(tmp_path / "s").read()
 
