@@ -22,18 +22,26 @@ def recorded(index: HashIndex, key: str, given, what: str) -> Path:
     return Path(index.metadata[key])
 
 
+def load_index_model(index: HashIndex, model_path, where: str):
+    """The encoder that made ``index``'s codes (``model_path``, or the file the index records);
+    ``ValueError`` if the index records another model's identity (``where`` names the index)."""
+    from encoders import load_encoder
+    from encoders.checkpoint import check_made_by
+
+    model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+    check_made_by(model, index.metadata, where)
+    return model
+
+
 def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int = 8, model_path=None,
                   rerank: bool = False, candidates: int = 1000, labels=None) -> list[dict]:
     """Encode ``query_images`` with the index's encoder, search, vote; one dict per query (see
     :func:`query_results`), or ``{"query", "error"}`` for an unreadable image. ``labels``
     (class names or ints) restricts the neighbours to those classes."""
-    from encoders import load_encoder
-    from encoders.checkpoint import check_made_by
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
-    model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
-    check_made_by(model, index.metadata, f"index {index_dir}")
+    model = load_index_model(index, model_path, f"index {index_dir}")
     codes, features, encoded, failed = encode_files(model, query_images)
     results: list[dict] = [{"query": os.fspath(p), "error": reason} for p, reason in failed]
     names = [os.fspath(query_images[position]) for position in encoded]

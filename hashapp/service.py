@@ -21,7 +21,7 @@ import numpy as np
 from hashindex.codes import as_packed_codes
 from hashindex.index import HashIndex
 
-from .query import PathLookup, class_name, query_results, recorded
+from .query import PathLookup, class_name, load_index_model, query_results, recorded
 from .update import AddReport, append_records, remove_records, store_of
 
 UPLOADS_DIR = "uploads"
@@ -82,12 +82,10 @@ class SearchService:
 
     def __init__(self, index_dir: "str | os.PathLike", *, model_path=None, limits: Limits = Limits(),
                  device: str = "cpu") -> None:
-        from encoders import load_encoder
-
         self.index_dir = Path(index_dir)
         self.index = HashIndex.load(self.index_dir)
         self.model_path = recorded(self.index, "model", model_path, "encoder file (--model)")
-        self.model = load_encoder(self.model_path, bits=self.index.bits)
+        self.model = load_index_model(self.index, self.model_path, f"index {self.index_dir}")
         self.device = device
         self.limits = limits
         self.paths = PathLookup(self.index)

@@ -91,14 +91,13 @@ def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathL
                index: HashIndex | None = None, model=None) -> AddReport:
     """Encode the images in ``sources`` with the index's model and add them to its store and index
     (see :func:`collect_images` for labels). ``index`` / ``model``: already loaded ones to use."""
-    from encoders import load_encoder
     from encoders.encode import encode_files
 
-    from .query import recorded
+    from .query import load_index_model
 
     index = HashIndex.load(index_dir) if index is None else index
     if model is None:
-        model = load_encoder(recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
+        model = load_index_model(index, model_path, f"index {index_dir}")
     items = collect_images(sources, label)
     codes, features, encoded, failed = encode_files(model, [path for path, _ in items], batch_size=batch_size)
     if not encoded:

@@ -81,3 +81,14 @@ def test_add_needs_the_index_store(tiny_build, tmp_path, new_class_folder):
     index.save(tmp_path / "bare")
     with pytest.raises(ValueError, match="records no shard store"):
         add_images(tmp_path / "bare", [new_class_folder])
+
+
+def test_add_with_another_model_is_refused_and_changes_nothing(tiny_build, new_class_folder, tmp_path):
+    from encoders import create_encoder, load_encoder, save_encoder
+
+    made_by = load_encoder(HashIndex.load(tiny_build / "index").metadata["model"])
+    other = save_encoder(create_encoder(made_by.method, **made_by.config), tmp_path / "other.pt")  # new weights
+    result = _invoke("add", tiny_build / "index", new_class_folder, "--model", other)
+    assert result.exit_code == 1 and "holds codes of another model" in result.output
+    assert len(HashIndex.load(tiny_build / "index")) == 120
+    assert ShardReader(tiny_build / "shards").class_names == ["0", "1", "2", "3"]
