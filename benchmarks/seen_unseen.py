@@ -196,6 +196,8 @@ class MethodSetup:
     init_trunk_from: str | None = None
     #: This method's epochs as a fraction of the budget's.
     epochs_scale: float = 1.0
+    #: Training augmentation (``encoders.training.AUGMENTATIONS``).
+    augment: str = "shift"
 
 
 METHODS = {
@@ -208,6 +210,11 @@ METHODS = {
     "proxy_anchor": MethodSetup("Proxy-Anchor hash", "proxy_anchor_hash"),
     "ms": MethodSetup("Multi-Similarity hash", "ms_hash"),
     "supcon": MethodSetup("SupCon hash", "supcon_hash"),
+    # The same recipes trained with pixel noise on half the images besides the shifts.
+    "dlbhc_noise": MethodSetup("DLBHC + mixup, noise aug.", "dlbhc", mixup=1.0, augment="shift_noise"),
+    "hashnet_noise": MethodSetup("HashNet from DLBHC, noise aug.", "hashnet", lr=3e-4, mixup=1.0,
+                                 init_trunk_from="dlbhc_noise", epochs_scale=0.4, augment="shift_noise"),
+    "proxy_anchor_noise": MethodSetup("Proxy-Anchor hash, noise aug.", "proxy_anchor_hash", augment="shift_noise"),
 }
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor", "ms")
 
@@ -243,7 +250,7 @@ def train_method(key: str, run: Run) -> tuple[Path, float]:
     trunk = train_method(setup.init_trunk_from, run)[0] if setup.init_trunk_from else None
     epochs = max(1, round(run.budget.epochs * setup.epochs_scale))
     config = TrainConfig(epochs=epochs, batch_size=run.budget.batch_size, lr=setup.lr, optimizer="adam",
-                         lr_schedule="cosine", seed=run.seed, augment="shift", mixup=setup.mixup,
+                         lr_schedule="cosine", seed=run.seed, augment=setup.augment, mixup=setup.mixup,
                          device=run.device)
     kwargs = dict(setup.encoder_kwargs)
     if setup.method == "hashnet":

@@ -21,15 +21,18 @@ def _recorded(index: HashIndex, key: str, given, what: str) -> Path:
 
 
 def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int = 8, model_path=None,
-                  rerank: bool = False, candidates: int = 1000) -> list[dict]:
+                  rerank: bool | None = None, candidates: int = 1000) -> list[dict]:
     """Encode ``query_images`` with the index's encoder, search, vote; one dict per query with its
-    neighbours (id, distance, class, path) and voted class, or an ``error`` for an unreadable image."""
+    neighbours (id, distance, class, path) and voted class, or an ``error`` for an unreadable image.
+    ``rerank=None`` reranks by F7 whenever the index holds features."""
     from encoders import load_encoder
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
     model = load_encoder(_recorded(index, "model", model_path, "encoder file (--model)"), bits=index.bits)
     codes, features, encoded, failed = encode_files(model, query_images)
+    if rerank is None:
+        rerank = index.features is not None
     if rerank:
         D, I = index.search_rerank(codes, features, k=k, candidates=candidates)
         votes = index.vote(codes, k=k, features=features, candidates=candidates)
