@@ -47,6 +47,7 @@ from encoders import load_encoder
 from encoders.encode import encode_folder
 from encoders.training import TrainConfig
 from hashindex import metrics
+from hashindex._io import TMP_SUFFIX, replace_durably
 from hashindex.datasets import load_digits_images, load_mnist, write_image_folder
 from hashindex.index import HashIndex
 from hashindex.pipeline import train_encoder
@@ -116,7 +117,7 @@ class Budget:
 
 
 BUDGETS = {
-    "mnist": Budget(train_images=4000, database_per_class=400, queries_per_class=100, epochs=6),
+    "mnist": Budget(train_images=4000, database_per_class=400, queries_per_class=100, epochs=4),
     "digits": Budget(train_images=600, database_per_class=60, queries_per_class=20, epochs=10, batch_size=32),
 }
 
@@ -215,6 +216,9 @@ METHODS = {
     "hashnet_noise": MethodSetup("HashNet from DLBHC, noise aug.", "hashnet", lr=3e-4, mixup=1.0,
                                  init_trunk_from="dlbhc_noise", epochs_scale=0.4, augment="shift_noise"),
     "proxy_anchor_noise": MethodSetup("Proxy-Anchor hash, noise aug.", "proxy_anchor_hash", augment="shift_noise"),
+    # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
+    "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
+                                      init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
 }
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor", "ms")
 
@@ -387,32 +391,50 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     images, labels = load_dataset(args.dataset, args.mnist_root)
-    start = time.perf_counter()
-    rows = []
-    for partition in partitions:
+    clock = (time.perf_counter(), time.process_time())
+    rows: list[dict] = []
+    payload: dict = {}
+    for done, partition in enumerate(partitions, start=1):
         rows += run_partition(partition, images, labels, methods, bits_list, budget,
                               radius=args.radius, device=args.device, work_dir=args.work_dir,
                               progress=args.progress)
+        # Written after every partition, so that a run cut short keeps what it measured.
+        payload = write_results(args, budget, partitions, done, methods, rows, clock)
+    return payload
+
+
+def write_results(args, budget: Budget, partitions: list[Partition], done: int, methods: list[str],
+                  rows: list[dict], clock: tuple[float, float]) -> dict:
+    """Write ``seen_unseen_<partitions>.json`` and ``.md`` (each atomically) for the first
+    ``done`` partitions; returns the JSON payload."""
     summary = summarise(rows)
     payload = {"benchmark": "seen_unseen", "args": {k: str(v) for k, v in vars(args).items()},
                "environment": environment(args.threads, args.device), "dataset": args.dataset,
                "budget": asdict(budget), "conditions": {"max_shift_px": MAX_SHIFT, "noise_sd": NOISE_SD},
                "k": K, "map_k": MAP_K, "candidates": CANDIDATES,
-               "partitions": [{**asdict(p), "seen": list(p.seen)} for p in partitions],
-               "methods": {m: asdict(METHODS[m]) for m in methods},
-               "total_s": time.perf_counter() - start, "rows": rows, "summary": summary}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"seen_unseen_{args.partitions}"
-    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=float))
+               "partitions": [{**asdict(p), "seen": list(p.seen)} for p in partitions[:done]],
+               "complete": done == len(partitions), "methods": {m: asdict(METHODS[m]) for m in methods},
+               "total_s": time.perf_counter() - clock[0], "cpu_s": time.process_time() - clock[1],
+               "rows": rows, "summary": summary}
+    stem = args.out / f"seen_unseen_{args.partitions}"
     text = (f"Seen / unseen, {args.dataset}, {args.partitions} partitions "
-            f"({', '.join(f'{p.name}: unseen {p.unseen}' for p in partitions)}); "
+            f"({', '.join(f'{p.name}: unseen {p.unseen}' for p in partitions[:done])}"
+            f"{'' if payload['complete'] else f'; {done} of {len(partitions)} done'}); "
             f"{budget.train_images} seen training images, {budget.database_per_class} database and "
             f"{budget.queries_per_class} query images per class; {budget.epochs} epochs; mean ± sd over "
-            f"partitions. Total {payload['total_s'] / 60:.1f} min on {args.threads} thread(s), device "
-            f"{args.device}.\n\n" + markdown_tables(summary))
-    (args.out / f"{stem}.md").write_text(text)
+            f"partitions. Total {payload['total_s'] / 60:.1f} min ({payload['cpu_s'] / 60:.1f} CPU min) on "
+            f"{args.threads} thread(s), device {args.device}.\n\n" + markdown_tables(summary))
+    _write_atomic(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float))
+    _write_atomic(stem.with_suffix(".md"), text)
     print(text)
     return payload
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(text, encoding="utf-8")
+    replace_durably(tmp, path)
 
 
 if __name__ == "__main__":
