@@ -220,7 +220,7 @@ METHODS = {
     "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
                                       init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
 }
-DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor", "ms")
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
