@@ -213,8 +213,6 @@ METHODS = {
     "supcon": MethodSetup("SupCon hash", "supcon_hash"),
     # The same recipes trained with pixel noise on half the images besides the shifts.
     "dlbhc_noise": MethodSetup("DLBHC + mixup, noise aug.", "dlbhc", mixup=1.0, augment="shift_noise"),
-    "hashnet_noise": MethodSetup("HashNet from DLBHC, noise aug.", "hashnet", lr=3e-4, mixup=1.0,
-                                 init_trunk_from="dlbhc_noise", epochs_scale=0.4, augment="shift_noise"),
     "proxy_anchor_noise": MethodSetup("Proxy-Anchor hash, noise aug.", "proxy_anchor_hash", augment="shift_noise"),
     # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
     "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
