@@ -1,20 +1,29 @@
-"""Seen / unseen classes, the protocol of the vehicle-retrieval paper, on MNIST and sklearn digits.
+"""Seen / unseen classes over many class partitions and query conditions (MNIST, sklearn digits).
 
-The encoder is trained on the 7 *seen* classes only; the database holds the images of all
-10 classes, each with its label (the 3 *unseen* classes get codes from an encoder that never
-saw them); queries of seen and unseen classes are scored separately: mAP@1000 (exact Hamming
-ranking), average precision@8 and top-1 accuracy of the top-8 label vote, from a flat
-Faiss binary index, and the vote again after a Euclidean rerank of 1000 candidates on F7
-(coarse-to-fine, as the paper retrieves). The database is indexed in a seeded random order,
-so that ties in Hamming distance are not all decided in favour of the classes listed first.
+Each *partition* holds 3 of the 10 digit classes out as *unseen*: the encoder trains on images
+of the 7 seen classes only; the database holds images of all 10 classes with their labels
+(the unseen ones get codes from an encoder that never saw them); queries of seen and unseen
+classes are scored apart. Partitions come in two disjoint sets drawn with fixed seeds:
+``tune`` (3 partitions, for choosing recipes) and ``report`` (5 partitions, every class
+unseen in at least one; the figures the README quotes). Each partition also draws its own
+images.
+
+Queries are scored under four conditions: ``clean``, ``shifted`` (each query moved by up to
++-2 px), ``noisy`` (Gaussian pixel noise, sd 0.1 of the range) and ``shifted+noisy``. Per
+method, bits and condition: seen mAP@1000 and vote@8; unseen mAP@1000, vote@8 on codes, after
+an F7 rerank of the 1,000 nearest codes, and after an F7 rerank of every code within a Hamming
+radius (the ``radius`` coarse step). Each figure is reported as mean and sample sd over the
+partitions, with every partition's value in the JSON.
 
 Every step goes through the product's API: image folders -> ``train_encoder`` -> model file
--> ``encode_folder`` -> HDF5 shards -> ``HashIndex`` (flat) -> ``hashindex.evaluate``.
+-> ``encode_folder`` -> HDF5 shards -> ``HashIndex`` (flat) -> ``vote`` and
+:mod:`hashindex.metrics`.
 
-    python benchmarks/seen_unseen.py                       # MNIST + digits, every method
-    python benchmarks/seen_unseen.py --dataset digits --methods dlbhc,hashnet
+    python benchmarks/seen_unseen.py --partitions report           # CPU, the README's run
+    python benchmarks/seen_unseen.py --partitions tune --methods proxy_anchor,ms --epochs 4
+    python benchmarks/seen_unseen.py --partitions report --device cuda
 
-Writes ``benchmarks/results/seen_unseen.json`` and ``seen_unseen.md``.
+Writes ``benchmarks/results/seen_unseen_<partitions>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -25,81 +34,190 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
 from encoders import load_encoder
-from encoders.bilinear import paper_schedule
 from encoders.encode import encode_folder
 from encoders.training import TrainConfig
-from hashapp.evaluate import evaluate
 from hashapp.pipeline import train_encoder
+from hashindex import metrics
+from hashindex.durable import TMP_SUFFIX, replace_durably
 from hashindex.datasets import load_digits_images, load_mnist, write_image_folder
 from hashindex.index import HashIndex
 from hashindex.store import ShardReader
 from hashindex.timing import environment
 
-SEEN = (0, 1, 2, 3, 4, 5, 6)
-UNSEEN = (7, 8, 9)
+CLASSES = tuple(range(10))
+UNSEEN_PER_PARTITION = 3
+#: Seeds of the two partition sets; the tune set never repeats a report set's unseen classes.
+PARTITION_SEEDS = {"report": 0, "tune": 1}
+PARTITION_COUNTS = {"report": 5, "tune": 3}
+CONDITIONS = ("clean", "shifted", "noisy", "shifted+noisy")
+MAX_SHIFT = 2
+NOISE_SD = 0.1  #: of the pixel range
+K = 8
+MAP_K = 1000
+CANDIDATES = 1000
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BACKBONE = "small_cnn"
-#: The small CNN at 32 x 32 (MNIST's 28 px upscaled): the CPU-budget backbone for digits.
-BACKBONE_KWARGS = {"input_size": 32}
-#: Random shifts of up to 4 px while training (all methods): the codes of unseen classes
-#: generalise better (on MNIST, DLBHC's seen mAP and unseen votes both rose with it).
-AUGMENT = "shift"
+METRICS = ("seen_mAP", "seen_vote", "seen_vote_rerank", "unseen_mAP", "unseen_vote", "unseen_vote_rerank",
+           "unseen_vote_radius")
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    unseen: tuple[int, ...]
+    seed: int  #: draws this partition's images and query perturbations
+
+    @property
+    def seen(self) -> tuple[int, ...]:
+        return tuple(c for c in CLASSES if c not in self.unseen)
+
+
+def draw_partitions(kind: str) -> list[Partition]:
+    """The ``report`` or ``tune`` partitions. Report: a seeded permutation of the classes cut
+    into unseen triples, the last class completed by two random others (so each class is
+    unseen at least once), then random triples; tune: random triples that are no report
+    partition's."""
+    if kind not in PARTITION_SEEDS:
+        raise ValueError(f"unknown partition set {kind!r}; expected one of {', '.join(PARTITION_SEEDS)}")
+    rng = np.random.default_rng(PARTITION_SEEDS[kind])
+    triples: list[tuple[int, ...]] = []
+    taken: set[tuple[int, ...]] = set()
+    if kind == "report":
+        order = rng.permutation(len(CLASSES)).tolist()
+        triples = [tuple(sorted(order[i:i + 3])) for i in range(0, 9, 3)]
+        others = rng.choice(order[:9], 2, replace=False).tolist()
+        triples.append(tuple(sorted([order[9], *others])))
+    else:
+        taken = {p.unseen for p in draw_partitions("report")}
+    while len(triples) < PARTITION_COUNTS[kind]:
+        triple = tuple(sorted(rng.choice(len(CLASSES), UNSEEN_PER_PARTITION, replace=False).tolist()))
+        if triple not in taken and triple not in triples:
+            triples.append(triple)
+    base = 1000 * (PARTITION_SEEDS[kind] + 1)
+    return [Partition(f"{kind}{i}", t, base + i) for i, t in enumerate(triples)]
 
 
 @dataclass
-class DatasetSetup:
-    name: str
+class Budget:
+    """Images per partition and training length."""
+
+    train_images: int  #: seen-class training images (they may also be database images)
+    database_per_class: int
     queries_per_class: int
     epochs: int
     batch_size: int = 64
 
 
-DATASETS = {
-    "mnist": DatasetSetup("mnist", queries_per_class=100, epochs=10),
-    "digits": DatasetSetup("digits", queries_per_class=20, epochs=12, batch_size=32),
+BUDGETS = {
+    "mnist": Budget(train_images=4000, database_per_class=400, queries_per_class=100, epochs=4),
+    "digits": Budget(train_images=600, database_per_class=60, queries_per_class=20, epochs=10, batch_size=32),
 }
+
+
+def split_rows(labels: np.ndarray, partition: Partition, budget: Budget) -> dict[str, np.ndarray]:
+    """Row indices: ``queries`` and ``database`` (fixed counts of every class, disjoint) and
+    ``train`` (up to ``budget.train_images`` seen-class rows that are not queries)."""
+    rng = np.random.default_rng(partition.seed)
+    queries, database, pool = [], [], []
+    need = budget.queries_per_class + budget.database_per_class
+    for c in CLASSES:
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        if len(rows) < need:
+            raise ValueError(f"class {c} has {len(rows)} images, the budget needs {need}")
+        queries.extend(rows[:budget.queries_per_class])
+        database.extend(rows[budget.queries_per_class:need])
+        if c in partition.seen:
+            pool.extend(rows[budget.queries_per_class:])
+    train = rng.choice(np.array(pool), min(budget.train_images, len(pool)), replace=False)
+    return {"train": np.sort(train), "database": np.sort(np.array(database)), "queries": np.sort(np.array(queries))}
+
+
+def perturb(images: np.ndarray, condition: str, rng: np.random.Generator) -> np.ndarray:
+    """``images`` (n, h, w) uint8 under a query condition: shifted by up to ``MAX_SHIFT`` px in
+    each direction (vacated pixels 0, the background), Gaussian noise of sd ``NOISE_SD``, both."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {', '.join(CONDITIONS)}")
+    out = images.astype(np.float32)
+    if "shifted" in condition:
+        shifts = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=(len(out), 2))
+        out = np.stack([shift_image(im, dy, dx) for im, (dy, dx) in zip(out, shifts)])
+    if "noisy" in condition:
+        out = out + rng.normal(0.0, NOISE_SD * 255, size=out.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``image`` moved down ``dy`` and right ``dx`` pixels, zeros filling what is uncovered."""
+    h, w = image.shape
+    out = np.zeros_like(image)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def score(db: dict, queries: dict, seen: tuple[int, ...], bits: int, radius: int) -> dict[str, float]:
+    """The :data:`METRICS` of one run: ``db`` and ``queries`` hold packed ``codes``, ``labels``
+    and F7 ``features``; a flat index over ``db`` in its given order (Hamming ties go to the
+    lower position, as in :func:`hashindex.metrics.mean_average_precision`)."""
+    index = HashIndex(bits=bits, spec="flat")
+    index.add(db["codes"], labels=db["labels"], features=db["features"])
+    out = {}
+    for part in ("seen", "unseen"):
+        keep = np.isin(queries["labels"], seen) == (part == "seen")
+        codes, labels, features = queries["codes"][keep], queries["labels"][keep], queries["features"][keep]
+        out[f"{part}_mAP"] = metrics.mean_average_precision(codes, labels, db["codes"], db["labels"], bits, k=MAP_K)
+        out[f"{part}_vote"] = metrics.vote_accuracy(index.vote(codes, k=K), labels)
+        out[f"{part}_vote_rerank"] = metrics.vote_accuracy(
+            index.vote(codes, k=K, features=features, candidates=CANDIDATES), labels)
+    out["unseen_vote_radius"] = metrics.vote_accuracy(
+        index.vote(codes, k=K, features=features, radius=radius), labels)
+    return out
 
 
 @dataclass
 class MethodSetup:
-    """One row of the table: a registered method with its training recipe."""
+    """One row of the tables: a registered method with its training recipe."""
 
     label: str
     method: str
-    encoder_kwargs: dict = field(default_factory=dict)
+    backbone: str = "small_cnn"
+    encoder_kwargs: dict = field(default_factory=lambda: {"input_size": 32})
     lr: float = 1e-3
     #: Beta parameter of mixup (0: off); see :mod:`encoders.mixup`.
     mixup: float = 0.0
-    #: Key of the method whose trained trunk (backbone) this one starts from; it is trained
-    #: first when the run has not trained it yet.
+    #: Key of the method whose trained backbone this one starts from (trained first if needed).
     init_trunk_from: str | None = None
-    #: This method's epochs as a fraction of the dataset's.
+    #: This method's epochs as a fraction of the budget's.
     epochs_scale: float = 1.0
+    #: Training augmentation (``encoders.training.AUGMENTATIONS``).
+    augment: str = "shift"
 
 
 METHODS = {
-    # Mixup keeps the codes of unseen classes from collapsing onto the seen ones: on MNIST,
-    # DLBHC's unseen vote@8 rose from 0.79 to 0.91, HashNet's from 0.81 to 0.82. It hurt
-    # Bilinear-HashNet (MNIST, full pooling: seen mAP 0.94 without, 0.80 with), which trains without.
-    "dlbhc": MethodSetup("DLBHC", "dlbhc", mixup=1.0),
-    # HashNet fine-tunes a classification-trained trunk (an ImageNet AlexNet in the paper): here
-    # DLBHC's, trained on the seen classes, for 40 % of the epochs at HashNet's published 3e-4.
-    # From scratch its pairwise loss pulls same-class codes together and unseen vote@8 stayed
-    # near 0.82 (seen mAP 0.97); from DLBHC's trunk it reached 0.93.
-    "hashnet": MethodSetup("HashNet", "hashnet", lr=3e-4, mixup=1.0, init_trunk_from="dlbhc", epochs_scale=0.4),
-    "bilinear_full": MethodSetup("Bilinear-HashNet (full)", "bilinear_hashnet", {"pooling": "full"}),
-    # The small CNN's map has 128 channels (16,384-d full bilinear): sketch to 2,048-d, the
-    # 8x reduction (VGG-16's 262,144 -> 8,192 is 32x; 8,192-d here would only halve it).
-    "bilinear_compact": MethodSetup("Bilinear-HashNet (compact)", "bilinear_hashnet",
-                                    {"pooling": "compact", "sketch_dim": 2048}),
+    # The classical anchor: ITQ fitted on raw 28 x 28 pixels of the seen training images.
+    "itq_pixels": MethodSetup("ITQ (pixels)", "itq", backbone="pixels", encoder_kwargs={"input_size": 28}),
+    # The earlier best recipe (one split, clean queries): DLBHC with mixup, HashNet fine-tuning its trunk.
+    "dlbhc": MethodSetup("DLBHC + mixup", "dlbhc", mixup=1.0),
+    "hashnet": MethodSetup("HashNet from DLBHC", "hashnet", lr=3e-4, mixup=1.0, init_trunk_from="dlbhc",
+                           epochs_scale=0.4),
+    "proxy_anchor": MethodSetup("Proxy-Anchor hash", "proxy_anchor_hash"),
+    "ms": MethodSetup("Multi-Similarity hash", "ms_hash"),
+    "supcon": MethodSetup("SupCon hash", "supcon_hash"),
+    # The same recipes trained with pixel noise on half the images besides the shifts.
+    "dlbhc_noise": MethodSetup("DLBHC + mixup, noise aug.", "dlbhc", mixup=1.0, augment="shift_noise"),
+    "proxy_anchor_noise": MethodSetup("Proxy-Anchor hash, noise aug.", "proxy_anchor_hash", augment="shift_noise"),
+    # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
+    "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
+                                      init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
 }
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,204 +225,207 @@ def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, 
         return load_mnist(mnist_root)
     if name == "digits":
         return load_digits_images(size=32)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(BUDGETS)}")
 
 
-def split_seen_unseen(labels: np.ndarray, queries_per_class: int, seed: int = 0,
-                      limit_per_class: int | None = None) -> dict[str, np.ndarray]:
-    """Fixed, seeded split into row indices: ``queries`` (``queries_per_class`` of every class),
-    ``database`` (the rest of every class) and ``train`` (the database rows of seen classes).
-    ``limit_per_class`` caps the rows used per class (for smoke runs)."""
-    rng = np.random.default_rng(seed)
-    queries, database = [], []
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        if limit_per_class is not None:
-            rows = rows[:limit_per_class]
-        if len(rows) <= queries_per_class:
-            raise ValueError(f"class {c} has {len(rows)} images, need more than {queries_per_class} queries")
-        queries.extend(rows[:queries_per_class])
-        database.extend(rows[queries_per_class:])
-    queries, database = np.sort(np.array(queries)), np.sort(np.array(database))
-    train = database[np.isin(labels[database], SEEN)]
-    return {"train": train, "database": database, "queries": queries}
+@dataclass
+class Run:
+    """What one partition's training needs: folders, work dir, budget and settings."""
+
+    folders: dict[str, Path]
+    n_train: int
+    work: Path
+    budget: Budget
+    bits: int
+    seed: int
+    device: str
+    progress: bool
+    trained: dict[str, Path] = field(default_factory=dict)
 
 
-#: Bilinear-HashNet's epochs per stage: 1/8 last layer, 1/2 fine-tuning, the rest hash layer.
-_SPLIT = (0.125, 0.5)
-
-
-def train_config(setup: MethodSetup, epochs: int, batch_size: int, steps_per_epoch: int, seed: int) -> tuple:
-    """(TrainConfig, encoder kwargs) of a method for a run of ``epochs`` epochs."""
-    kwargs = dict(BACKBONE_KWARGS, **setup.encoder_kwargs)
-    total_steps = epochs * steps_per_epoch
-    if setup.method in ("hashnet", "bilinear_hashnet"):
-        # HashNet's continuation compressed into this run: ~10 increments of beta, up to ~7
-        # (the published gamma = 0.005 over 10,000 iterations reaches the same).
-        hash_steps = total_steps if setup.method == "hashnet" else _stage_epochs(epochs)[2] * steps_per_epoch
-        kwargs.update(step_size=max(1, math.ceil(hash_steps / 10)), gamma=48.0 / max(1, hash_steps))
-    if setup.method == "bilinear_hashnet":
-        # The paper's three stages; the trunk starts untrained here, so stage 2 uses a
-        # from-scratch learning rate instead of the fine-tuning 1e-4 -> 1e-5.
-        stages = paper_schedule(epochs, fine_tune_lr=(0.05, 0.005), split=_SPLIT)
-        return TrainConfig(batch_size=batch_size, seed=seed, stages=stages, augment=AUGMENT,
-                           mixup=setup.mixup), kwargs
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=setup.lr, optimizer="adam", lr_schedule="cosine",
-                       seed=seed, augment=AUGMENT, mixup=setup.mixup), kwargs
-
-
-
-def _stage_epochs(epochs: int) -> tuple[int, int, int]:
-    return tuple(s.epochs for s in paper_schedule(epochs, split=_SPLIT))
-
-
-def method_epochs(setup: MethodSetup, dataset_epochs: int) -> int:
-    return max(1, round(dataset_epochs * setup.epochs_scale))
-
-
-def _model_path(setup: MethodSetup, work: Path) -> Path:
-    return work / f"{setup.method}-{setup.encoder_kwargs.get('pooling', '')}.pt"
-
-
-def train_method(setup: MethodSetup, folders: dict[str, Path], work: Path, *, bits: int, epochs: int,
-                 batch_size: int, seed: int, n_train: int, progress: bool) -> tuple[Path, TrainConfig, float]:
-    """Train ``setup`` on the seen classes: ``(model file, its TrainConfig, training seconds)``.
-    With ``init_trunk_from``, that method's trained backbone initialises this one's."""
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    config, kwargs = train_config(setup, method_epochs(setup, epochs), batch_size, steps_per_epoch, seed)
-    trunk = None
-    if setup.init_trunk_from is not None:
-        source = METHODS[setup.init_trunk_from]
-        trunk = _model_path(source, work)
-        if not trunk.exists():
-            train_method(source, folders, work, bits=bits, epochs=epochs, batch_size=batch_size, seed=seed,
-                         n_train=n_train, progress=progress)
-    model_path = _model_path(setup, work)
+def train_method(key: str, run: Run) -> tuple[Path, float]:
+    """Train ``METHODS[key]`` on the seen classes (once per run): ``(model file, seconds)``."""
+    if key in run.trained:
+        return run.trained[key], 0.0
+    setup = METHODS[key]
+    trunk = train_method(setup.init_trunk_from, run)[0] if setup.init_trunk_from else None
+    epochs = max(1, round(run.budget.epochs * setup.epochs_scale))
+    config = TrainConfig(epochs=epochs, batch_size=run.budget.batch_size, lr=setup.lr, optimizer="adam",
+                         lr_schedule="cosine", seed=run.seed, augment=setup.augment, mixup=setup.mixup,
+                         device=run.device)
+    kwargs = dict(setup.encoder_kwargs)
+    if setup.method == "hashnet":
+        # HashNet's continuation compressed into this run: ~10 increments of beta, up to ~7.
+        steps = epochs * math.ceil(run.n_train / run.budget.batch_size)
+        kwargs.update(step_size=max(1, math.ceil(steps / 10)), gamma=48.0 / max(1, steps))
+    path = run.work / f"{key}-{run.bits}.pt"
     start = time.perf_counter()
-    train_encoder(folders["train"], model_path, method=setup.method, backbone=BACKBONE, bits=bits, config=config,
-                  encoder_kwargs=kwargs, init_trunk_from=trunk, progress=progress)
-    return model_path, config, time.perf_counter() - start
+    train_encoder(run.folders["train"], path, method=setup.method, backbone=setup.backbone, bits=run.bits,
+                  config=config, encoder_kwargs=kwargs, init_trunk_from=trunk, progress=run.progress)
+    run.trained[key] = path
+    return path, time.perf_counter() - start
 
 
-def run_method(setup: MethodSetup, folders: dict[str, Path], work: Path, *, bits: int, epochs: int,
-               batch_size: int, seed: int, n_train: int, progress: bool) -> dict:
-    model_path, config, train_s = train_method(setup, folders, work, bits=bits, epochs=epochs,
-                                               batch_size=batch_size, seed=seed, n_train=n_train, progress=progress)
-    model = load_encoder(model_path)
-    start = time.perf_counter()
-    db_shards, query_shards = work / f"{model_path.stem}-db", work / f"{model_path.stem}-queries"
-    encode_folder(model, folders["database"], db_shards, progress=progress)
-    encode_folder(model, folders["queries"], query_shards, progress=progress)
-    encode_s = time.perf_counter() - start
-    db = ShardReader(db_shards).read(("codes", "labels", "features", "ids"))
-    # Hamming distances tie massively and ties go to the lower database position; the folder
-    # listing is class-major (unseen 7-9 last), so index the database in a seeded random order.
-    order = np.random.default_rng(seed).permutation(len(db["codes"]))
-    db = {name: values[order] for name, values in db.items()}
-    index = HashIndex(bits=bits, spec="flat")
-    index.add(db["codes"], labels=db["labels"], features=db["features"], ids=db["ids"])
-    queries = ShardReader(query_shards).read(("codes", "labels", "features"))
-    row = {"method": setup.label, "registered_name": setup.method, "backbone": BACKBONE,
-           "encoder_config": {k: v for k, v in model.config.items()},
-           "train_config": asdict(config), "init_trunk_from": setup.init_trunk_from,
-           "train_s": train_s, "encode_s": encode_s,
-           "final_loss": torch.load(model_path, weights_only=True)["extra"]["history"][-1]}
-    for part, classes in (("seen", SEEN), ("unseen", UNSEEN)):
-        keep = np.isin(queries["labels"], classes)
-        row[part] = evaluate(index, queries["codes"][keep], queries["labels"][keep], db["codes"], db["labels"],
-                             k=8, map_k=1000, query_features=queries["features"][keep])
-    return row
+def encode(model, folder: Path, out: Path, run: Run) -> dict[str, np.ndarray]:
+    encode_folder(model, folder, out, device=run.device, batch_size=256, progress=run.progress)
+    data = ShardReader(out).read(("codes", "labels", "features"))
+    data["features"] = data["features"].astype(np.float32)
+    return data
 
 
-def run_dataset(name: str, methods: list[str], *, bits: int = 64, epochs: int | None = None, seed: int = 0,
-                queries_per_class: int | None = None, limit_per_class: int | None = None,
-                mnist_root: str | None = None, work_dir: Path | None = None, progress: bool = False,
-                echo=print) -> dict:
-    """Run the protocol on one dataset for the named ``methods`` (keys of :data:`METHODS`)."""
-    setup = DATASETS[name]
-    epochs = epochs or setup.epochs
-    images, labels = load_dataset(name, mnist_root)
-    split = split_seen_unseen(labels, queries_per_class or setup.queries_per_class, seed, limit_per_class)
+def run_partition(partition: Partition, images: np.ndarray, labels: np.ndarray, methods: list[str],
+                  bits_list: list[int], budget: Budget, *, radius: int | None, device: str, work_dir: Path | None,
+                  progress: bool, echo=print) -> list[dict]:
+    """Every method at every code length on one partition: one row per (method, bits)."""
+    rows = split_rows(labels, partition, budget)
+    rng = np.random.default_rng(partition.seed)
+    names = [str(c) for c in CLASSES]
+    out = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
-        names = [str(c) for c in range(10)]
         folders = {
-            "train": write_image_folder(images[split["train"]], labels[split["train"]], tmp / "train",
-                                        class_names=[str(c) for c in SEEN]),
-            "database": write_image_folder(images[split["database"]], labels[split["database"]], tmp / "database",
+            # Only the seen classes get folders: the encoder must not know the unseen ones exist.
+            "train": write_image_folder(images[rows["train"]], np.searchsorted(partition.seen, labels[rows["train"]]),
+                                        tmp / "train", class_names=[str(c) for c in partition.seen]),
+            "database": write_image_folder(images[rows["database"]], labels[rows["database"]], tmp / "database",
                                            class_names=names),
-            "queries": write_image_folder(images[split["queries"]], labels[split["queries"]], tmp / "queries",
-                                          class_names=names, prefix="q"),
         }
-        rows = []
-        for key in methods:
-            echo(f"[{name}] {METHODS[key].label}: training {method_epochs(METHODS[key], epochs)} epochs on "
-                 f"{len(split['train'])} seen images")
-            row = run_method(METHODS[key], folders, tmp, bits=bits, epochs=epochs, batch_size=setup.batch_size,
-                             seed=seed, n_train=len(split["train"]), progress=progress)
-            echo(f"[{name}] {row['method']}: seen mAP@1000 {row['seen']['mAP@1000']:.4f}, unseen vote "
-                 f"{row['unseen']['vote_accuracy']:.4f} (train {row['train_s']:.0f} s)")
-            rows.append(row)
-    return {"dataset": name, "bits": bits, "epochs": epochs, "seen_classes": list(SEEN),
-            "unseen_classes": list(UNSEEN), "train_images": int(len(split["train"])),
-            "database_images": int(len(split["database"])), "queries": int(len(split["queries"])), "rows": rows}
+        query_images, query_labels = images[rows["queries"]], labels[rows["queries"]]
+        for condition in CONDITIONS:
+            folders[condition] = write_image_folder(perturb(query_images, condition, rng), query_labels,
+                                                    tmp / f"q-{condition}", class_names=names, prefix="q")
+        # Encoded in folder order (class-major, unseen classes together): index the database in
+        # a seeded random order so that Hamming ties are not decided by class.
+        order = np.random.default_rng(partition.seed).permutation(len(rows["database"]))
+        for bits in bits_list:
+            run = Run(folders, len(rows["train"]), tmp, budget, bits, partition.seed, device, progress)
+            for key in methods:
+                model_path, train_s = train_method(key, run)
+                model = load_encoder(model_path)
+                start = time.perf_counter()
+                db = encode(model, folders["database"], tmp / f"{key}-{bits}-db", run)
+                db = {name: values[order] for name, values in db.items()}
+                row = {"partition": partition.name, "method": key, "bits": bits, "train_s": train_s,
+                       "conditions": {}}
+                for condition in CONDITIONS:
+                    queries = encode(model, folders[condition], tmp / f"{key}-{bits}-{condition}", run)
+                    row["conditions"][condition] = score(db, queries, partition.seen, bits,
+                                                         bits // 8 if radius is None else radius)
+                row["eval_s"] = time.perf_counter() - start
+                final = row["conditions"]["shifted+noisy"]
+                echo(f"[{partition.name} unseen {partition.unseen}] {METHODS[key].label} {bits} bits: "
+                     f"seen mAP {final['seen_mAP']:.3f}, unseen vote {final['unseen_vote']:.3f} / rerank "
+                     f"{final['unseen_vote_rerank']:.3f} (shifted+noisy; train {train_s:.0f} s)")
+                out.append(row)
+    return out
 
 
-def markdown_table(results: list[dict]) -> str:
-    lines = [
-        "| dataset | method | seen mAP@1000 | seen P@8 | seen vote@8 | unseen mAP@1000 | unseen P@8 "
-        "| unseen vote@8 | unseen vote@8 (F7 rerank) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for ds in results:
-        for r in ds["rows"]:
-            s, u = r["seen"], r["unseen"]
-            lines.append(f"| {ds['dataset']} | {r['method']} | {s['mAP@1000']:.4f} | {s['P@8']:.4f} "
-                         f"| {s['vote_accuracy']:.4f} | {u['mAP@1000']:.4f} | {u['P@8']:.4f} "
-                         f"| {u['vote_accuracy']:.4f} | {u.get('rerank_vote_accuracy', float('nan')):.4f} "
-                         f"| {r['train_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+def summarise(rows: list[dict]) -> dict:
+    """``{method: {bits: {condition: {metric: {mean, sd, values}}}}}`` over the partitions
+    (sd: sample standard deviation, 0 for one partition)."""
+    summary: dict = {}
+    for row in rows:
+        by_condition = summary.setdefault(row["method"], {}).setdefault(str(row["bits"]), {})
+        for condition, values in row["conditions"].items():
+            for metric, value in values.items():
+                by_condition.setdefault(condition, {}).setdefault(metric, {"values": []})["values"].append(value)
+    for by_bits in summary.values():
+        for by_condition in by_bits.values():
+            for by_metric in by_condition.values():
+                for entry in by_metric.values():
+                    v = np.array(entry["values"])
+                    entry["mean"] = float(v.mean())
+                    entry["sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return summary
+
+
+def markdown_tables(summary: dict) -> str:
+    header = "| method | bits | " + " | ".join(METRICS) + " |"
+    lines = []
+    for condition in CONDITIONS:
+        lines += [f"### {condition}", "", header, "|---|---|" + "---|" * len(METRICS)]
+        for key, by_bits in summary.items():
+            for bits, by_condition in by_bits.items():
+                cells = [f"{by_condition[condition][m]['mean']:.3f} ± {by_condition[condition][m]['sd']:.3f}"
+                         for m in METRICS]
+                lines.append(f"| {METHODS[key].label} | {bits} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=["mnist", "digits", "all"], default="all")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=None, help="default: per dataset (MNIST 10, digits 12)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--partitions", choices=sorted(PARTITION_SEEDS), default="report")
+    parser.add_argument("--limit-partitions", type=int, default=None, help="run only the first N (smoke runs)")
+    parser.add_argument("--dataset", choices=sorted(BUDGETS), default="mnist")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--bits", default="64", help="comma-separated code lengths")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the dataset budget's")
+    parser.add_argument("--train-images", type=int, default=None, help="default: the dataset budget's")
+    parser.add_argument("--radius", type=int, default=None, help="Hamming radius of the radius coarse step "
+                        "(default: bits // 8)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch and Faiss threads")
     parser.add_argument("--mnist-root", default=None, help="default: $HASHINDEX_MNIST or ../shared/data/mnist")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary folders go")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; expected from {', '.join(METHODS)}")
+    bits_list = [int(b) for b in args.bits.split(",") if b]
+    budget = replace(BUDGETS[args.dataset], **{k: v for k, v in (("epochs", args.epochs),
+                                                                 ("train_images", args.train_images)) if v})
+    partitions = draw_partitions(args.partitions)[:args.limit_partitions]
     torch.set_num_threads(args.threads)
-    datasets = ["mnist", "digits"] if args.dataset == "all" else [args.dataset]
-    start = time.perf_counter()
-    results = [run_dataset(d, methods, bits=args.bits, epochs=args.epochs, seed=args.seed,
-                           mnist_root=args.mnist_root, progress=args.progress) for d in datasets]
-    payload = {"benchmark": "seen_unseen", "args": {k: str(v) for k, v in vars(args).items()},
-               "environment": environment(torch_threads=args.threads), "backbone": f"{BACKBONE} {BACKBONE_KWARGS}",
-               "total_s": time.perf_counter() - start, "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "seen_unseen.json").write_text(json.dumps(payload, indent=2, default=float))
-    table = markdown_table(results)
-    (args.out / "seen_unseen.md").write_text(
-        f"Seen / unseen protocol: trained on classes {SEEN[0]}-{SEEN[-1]}, database and queries of all 10 "
-        f"classes; {args.bits}-bit codes; backbone {BACKBONE} at 32 px trained from scratch with random "
-        f"4-px shifts; flat index, database in random order, k = 8; F7 rerank over 1,000 Hamming "
-        f"candidates. DLBHC: Adam 1e-3, cosine, mixup Beta(1, 1); HashNet: fine-tunes DLBHC's trained trunk "
-        f"for 40 % of the epochs (its train s excludes the trunk's), Adam 3e-4, cosine, beta continuation, "
-        f"mixup Beta(1, 1); "
-        f"Bilinear-HashNet: the paper's 3 stages (SGD, stage 2 at 0.05 -> 0.005 as the trunk is untrained), "
-        f"compact = Tensor Sketch to 2,048-d. Total {payload['total_s'] / 60:.1f} min on "
-        f"{args.threads} thread(s).\n\n" + table)
-    print(table)
+    faiss.omp_set_num_threads(args.threads)
+    images, labels = load_dataset(args.dataset, args.mnist_root)
+    clock = (time.perf_counter(), time.process_time())
+    rows: list[dict] = []
+    payload: dict = {}
+    for done, partition in enumerate(partitions, start=1):
+        rows += run_partition(partition, images, labels, methods, bits_list, budget,
+                              radius=args.radius, device=args.device, work_dir=args.work_dir,
+                              progress=args.progress)
+        # Written after every partition, so that a run cut short keeps what it measured.
+        payload = write_results(args, budget, partitions, done, methods, rows, clock)
     return payload
+
+
+def write_results(args, budget: Budget, partitions: list[Partition], done: int, methods: list[str],
+                  rows: list[dict], clock: tuple[float, float]) -> dict:
+    """Write ``seen_unseen_<partitions>.json`` and ``.md`` (each atomically) for the first
+    ``done`` partitions; returns the JSON payload."""
+    summary = summarise(rows)
+    payload = {"benchmark": "seen_unseen", "args": {k: str(v) for k, v in vars(args).items()},
+               "environment": environment(threads=args.threads, device=args.device), "dataset": args.dataset,
+               "budget": asdict(budget), "conditions": {"max_shift_px": MAX_SHIFT, "noise_sd": NOISE_SD},
+               "k": K, "map_k": MAP_K, "candidates": CANDIDATES,
+               "partitions": [{**asdict(p), "seen": list(p.seen)} for p in partitions[:done]],
+               "complete": done == len(partitions), "methods": {m: asdict(METHODS[m]) for m in methods},
+               "total_s": time.perf_counter() - clock[0], "cpu_s": time.process_time() - clock[1],
+               "rows": rows, "summary": summary}
+    stem = args.out / f"seen_unseen_{args.partitions}"
+    text = (f"Seen / unseen, {args.dataset}, {args.partitions} partitions "
+            f"({', '.join(f'{p.name}: unseen {p.unseen}' for p in partitions[:done])}"
+            f"{'' if payload['complete'] else f'; {done} of {len(partitions)} done'}); "
+            f"{budget.train_images} seen training images, {budget.database_per_class} database and "
+            f"{budget.queries_per_class} query images per class; {budget.epochs} epochs; mean ± sd over "
+            f"partitions. Total {payload['total_s'] / 60:.1f} min ({payload['cpu_s'] / 60:.1f} CPU min) on "
+            f"{args.threads} thread(s), device {args.device}.\n\n" + markdown_tables(summary))
+    _write_atomic(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float))
+    _write_atomic(stem.with_suffix(".md"), text)
+    print(text)
+    return payload
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(text, encoding="utf-8")
+    replace_durably(tmp, path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ caller happened to import.
 """
 
 from . import backbones  # noqa: F401  (registers backbones)
-from . import bilinear, dlbhc, hashnet  # noqa: F401  (registers the supervised encoders)
+from . import bilinear, dlbhc, hashnet, metric_hash  # noqa: F401  (registers the supervised encoders)
 from . import classical, gan_hash  # noqa: F401  (unsupervised encoders, fitted on features)
 from .base import Backbone, ConvBackbone, HashModel, HashOutput
 from .checkpoint import load_encoder, save_encoder

@@ -13,7 +13,7 @@ from hashindex.spec import SPEC_GRAMMAR
 # encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
 # import (tests/hashindex/test_cli.py checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
-AUGMENT_CHOICES = ("none", "shift", "shift_flip")
+AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -198,8 +198,10 @@ def index_cmd(shards, spec, out, model_path):
 @click.option("-k", type=click.IntRange(min=1), default=8, help="Neighbours per query.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Encoder file (default: the one recorded with the index).")
-@click.option("--rerank", is_flag=True, help="Rerank a Hamming candidate pool by Euclidean distance on F7.")
-@click.option("--candidates", type=click.IntRange(min=1), default=1000, help="Pool size for --rerank.")
+@click.option("--rerank/--no-rerank", default=None, show_default=False,
+              help="Rerank a Hamming candidate pool by Euclidean distance on F7 before voting "
+                   "[default: on when the index holds features].")
+@click.option("--candidates", type=click.IntRange(min=1), default=1000, help="Pool size for the rerank.")
 @click.option("--label", "labels", multiple=True, help="Only neighbours of this class (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -34,15 +34,18 @@ def load_index_model(index: HashIndex, model_path, where: str):
 
 
 def search_images(index_dir, query_images: "list[str | os.PathLike]", *, k: int = 8, model_path=None,
-                  rerank: bool = False, candidates: int = 1000, labels=None) -> list[dict]:
+                  rerank: bool | None = None, candidates: int = 1000, labels=None) -> list[dict]:
     """Encode ``query_images`` with the index's encoder, search, vote; one dict per query (see
     :func:`query_results`), or ``{"query", "error"}`` for an unreadable image. ``labels``
-    (class names or ints) restricts the neighbours to those classes."""
+    (class names or ints) restricts the neighbours to those classes. ``rerank=None`` reranks by
+    F7 whenever the index holds features."""
     from encoders.encode import encode_files
 
     index = HashIndex.load(index_dir)
     model = load_index_model(index, model_path, f"index {index_dir}")
     codes, features, encoded, failed = encode_files(model, query_images)
+    if rerank is None:
+        rerank = index.feature_dim is not None
     results: list[dict] = [{"query": os.fspath(p), "error": reason} for p, reason in failed]
     names = [os.fspath(query_images[position]) for position in encoded]
     return results + query_results(index, PathLookup(index), names, codes, features if rerank else None,

@@ -339,14 +339,16 @@ class HashIndex:
         return rerank_euclidean(q, stored, pool, k)
 
     def vote(self, codes, k: int = 8, features=None, candidates: int = 1000,
-             radius: int | None = None, labels=None) -> np.ndarray:
+             radius: int | None = None, labels=None, rerank: bool = True) -> np.ndarray:
         """Majority label over each query's ``k`` nearest labelled neighbours (``-1`` if none).
 
-        With ``features`` the neighbours come from :meth:`search_rerank` instead of Hamming kNN;
-        ``labels`` restricts them as in :meth:`search`.
+        With ``features`` (the default path: it raised the vote on classes the encoder never
+        saw, see README "Results") the neighbours come from :meth:`search_rerank`; without
+        them, or with ``rerank=False``, from Hamming kNN. ``labels`` restricts them as in
+        :meth:`search`.
         """
         packed = check_queries(codes, k, self.bits)
-        if features is None:
+        if features is None or not rerank:
             rows = self._knn_rows(packed, k, labels)[1]
         else:
             rows = self._rerank_rows(packed, features, k, candidates, radius, labels)[1]

@@ -1,8 +1,10 @@
-"""Smoke run of the seen / unseen benchmark on a few sklearn digits."""
+"""The seen / unseen harness: partitions, splits, query conditions, metrics against a brute-force
+numpy recomputation, and a tiny end-to-end run on sklearn digits."""
 
 import importlib.util
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,63 +26,177 @@ def bench():
         sys.modules.pop(spec.name, None)
 
 
-def test_split_is_fixed_and_trains_on_seen_classes_only(bench):
-    labels = np.repeat(np.arange(10), 12)
-    a = bench.split_seen_unseen(labels, queries_per_class=2, seed=0)
-    b = bench.split_seen_unseen(labels, queries_per_class=2, seed=0)
-    for part in ("train", "database", "queries"):
-        np.testing.assert_array_equal(a[part], b[part])
-    assert len(a["queries"]) == 20 and len(a["database"]) == 100
-    assert not set(a["queries"]) & set(a["database"])
-    assert set(labels[a["train"]]) == set(bench.SEEN)
-    assert set(a["train"]) <= set(a["database"]) and len(a["train"]) == 70
-    with pytest.raises(ValueError, match="class 0 has 12 images, need more than 12 queries"):
-        bench.split_seen_unseen(labels, queries_per_class=12)
+def test_report_and_tune_partitions(bench):
+    report, tune = bench.draw_partitions("report"), bench.draw_partitions("tune")
+    assert len(report) >= 5 and len(tune) >= 3
+    assert report == bench.draw_partitions("report")  # fixed seeds
+    for p in report + tune:
+        assert len(p.unseen) == 3 and len(set(p.unseen)) == 3 and len(p.seen) == 7
+        assert set(p.seen) | set(p.unseen) == set(range(10))
+    assert set().union(*(p.unseen for p in report)) == set(range(10))  # every class unseen at least once
+    assert not {p.unseen for p in report} & {p.unseen for p in tune}
+    assert len({p.unseen for p in report + tune}) == len(report) + len(tune)
+    assert len({p.seed for p in report + tune}) == len(report) + len(tune)
+    with pytest.raises(ValueError, match="unknown partition set 'all'"):
+        bench.draw_partitions("all")
 
 
-def test_tiny_run_writes_json_and_table(bench, tmp_path, monkeypatch):
-    # Tiny: 12 digits per class, 3 queries each, every method, 3 epochs (one per bilinear stage).
-    monkeypatch.setitem(bench.DATASETS, "digits", bench.DatasetSetup("digits", queries_per_class=3, epochs=3,
-                                                                      batch_size=16))
-    real_run_dataset = bench.run_dataset
-
-    def tiny_run_dataset(name, methods, **kwargs):
-        return real_run_dataset(name, methods, limit_per_class=12, work_dir=tmp_path, **kwargs)
-
-    monkeypatch.setattr(bench, "run_dataset", tiny_run_dataset)
-    threads = torch.get_num_threads()
-    try:
-        payload = bench.main(["--dataset", "digits", "--bits", "16", "--threads", "1", "--out", str(tmp_path / "out")])
-    finally:
-        torch.set_num_threads(threads)  # the script sets the process-wide thread count
-    written = json.loads((tmp_path / "out" / "seen_unseen.json").read_text())
-    assert written["results"][0]["dataset"] == "digits"
-    rows = written["results"][0]["rows"]
-    assert [r["method"] for r in rows] == [m.label for m in bench.METHODS.values()]
-    for row in rows:
-        assert row["seen"]["queries"] == 21 and row["unseen"]["queries"] == 9
-        assert row["seen"]["database"] == 90
-        for part in ("seen", "unseen"):
-            for metric in ("mAP@1000", "P@8", "vote_accuracy", "rerank_vote_accuracy"):
-                assert 0.0 <= row[part][metric] <= 1.0
-    table = (tmp_path / "out" / "seen_unseen.md").read_text()
-    assert table.count("| digits |") == len(rows)
-    assert payload["total_s"] > 0
+def test_split_rows(bench):
+    labels = np.repeat(np.arange(10), 30)
+    budget = bench.Budget(train_images=50, database_per_class=10, queries_per_class=5, epochs=1)
+    partition = bench.draw_partitions("report")[0]
+    rows = bench.split_rows(labels, partition, budget)
+    again = bench.split_rows(labels, partition, budget)
+    for part in rows:
+        np.testing.assert_array_equal(rows[part], again[part])
+    assert np.bincount(labels[rows["queries"]]).tolist() == [5] * 10
+    assert np.bincount(labels[rows["database"]]).tolist() == [10] * 10
+    assert not set(rows["queries"]) & set(rows["database"])
+    assert len(rows["train"]) == 50 and len(set(rows["train"])) == 50
+    assert set(labels[rows["train"]]) <= set(partition.seen) and not set(rows["train"]) & set(rows["queries"])
+    other = bench.split_rows(labels, bench.draw_partitions("report")[1], budget)
+    assert not np.array_equal(rows["queries"], other["queries"])  # each partition draws its own images
+    with pytest.raises(ValueError, match="class 0 has 30 images, the budget needs 31"):
+        bench.split_rows(labels, partition, bench.Budget(10, 26, 5, 1))
 
 
-def test_hashnet_fine_tunes_the_trained_dlbhc_trunk(bench, tmp_path, monkeypatch):
+def test_query_conditions(bench):
+    rng = np.random.default_rng(0)
+    image = np.arange(9, dtype=np.uint8).reshape(3, 3) + 1
+    assert bench.shift_image(image, 1, -1).tolist() == [[0, 0, 0], [2, 3, 0], [5, 6, 0]]
+    assert bench.shift_image(image, 0, 0).tolist() == image.tolist()
+    images = rng.integers(0, 256, size=(40, 12, 12), dtype=np.uint8)
+    np.testing.assert_array_equal(bench.perturb(images, "clean", rng), images)
+    shifted = bench.perturb(images, "shifted", rng)
+    moves = []
+    for before, after in zip(images, shifted):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(bench.shift_image(before, dy, dx), after)]
+        assert found, "a shifted query is not its image moved by at most 2 px"
+        moves.append(found[0])
+    assert len(set(moves)) > 5
+    grey = np.full((200, 10, 10), 128, dtype=np.uint8)
+    noise = bench.perturb(grey, "noisy", rng).astype(float) - 128
+    assert abs(noise.mean()) < 1 and noise.std() == pytest.approx(0.1 * 255, rel=0.05)
+    both = bench.perturb(grey, "shifted+noisy", rng)
+    assert both.dtype == np.uint8 and both.std() > 20
+    with pytest.raises(ValueError, match="unknown condition 'blurred'"):
+        bench.perturb(images, "blurred", rng)
+
+
+def _hamming(a, b):
+    bits_a = np.unpackbits(a, axis=1).astype(np.int64)
+    bits_b = np.unpackbits(b, axis=1).astype(np.int64)
+    return (bits_a[:, None, :] != bits_b[None, :, :]).sum(axis=2)
+
+
+def _vote(labels):
+    """Most frequent label; a tie goes to the tied label ranked first; -1 when empty."""
+    if len(labels) == 0:
+        return -1
+    counts = Counter(labels)
+    best = max(counts.values())
+    return next(label for label in labels if counts[label] == best)
+
+
+def _reference(db, q, seen, k, map_k, candidates, radius):
+    dist = _hamming(q["codes"], db["codes"])
+    euclid = np.sqrt(((q["features"][:, None, :] - db["features"][None, :, :]) ** 2).sum(axis=2))
+    out = {}
+    for part in ("seen", "unseen"):
+        rows = [i for i, label in enumerate(q["labels"]) if (label in seen) == (part == "seen")]
+        aps, votes, reranked, radius_votes = [], [], [], []
+        for i in rows:
+            ranking = sorted(range(len(db["labels"])), key=lambda j: (dist[i, j], j))
+            hits, precisions = 0, []
+            for position, j in enumerate(ranking[:map_k], start=1):
+                if db["labels"][j] == q["labels"][i]:
+                    hits += 1
+                    precisions.append(hits / position)
+            aps.append(np.mean(precisions) if precisions else 0.0)
+            votes.append(_vote([db["labels"][j] for j in ranking[:k]]) == q["labels"][i])
+            pool = sorted(ranking[:candidates], key=lambda j: euclid[i, j])
+            reranked.append(_vote([db["labels"][j] for j in pool[:k]]) == q["labels"][i])
+            ball = sorted((j for j in ranking if dist[i, j] <= radius), key=lambda j: euclid[i, j])
+            radius_votes.append(_vote([db["labels"][j] for j in ball[:k]]) == q["labels"][i])
+        out[f"{part}_mAP"], out[f"{part}_vote"] = np.mean(aps), np.mean(votes)
+        out[f"{part}_vote_rerank"] = np.mean(reranked)
+        if part == "unseen":
+            out["unseen_vote_radius"] = np.mean(radius_votes)
+    return out
+
+
+def test_score_matches_a_brute_force_recomputation(bench, monkeypatch):
+    # Clustered 32-bit codes (many Hamming ties), noisy features: mAP@50 over 120 codes, a
+    # rerank pool of 30, radius 6, so every cut-off matters.
+    monkeypatch.setattr(bench, "MAP_K", 50)
+    monkeypatch.setattr(bench, "CANDIDATES", 30)
+    rng = np.random.default_rng(7)
+    centres = rng.integers(0, 2, size=(10, 32))
+
+    def draw(n):
+        labels = rng.integers(0, 10, size=n)
+        flips = rng.random((n, 32)) < 0.15
+        bits = centres[labels] ^ flips
+        features = centres[labels] + rng.normal(0, 0.6, size=(n, 32))
+        return {"codes": np.packbits(bits.astype(np.uint8), axis=1), "labels": labels,
+                "features": features.astype(np.float32)}
+
+    db, q = draw(120), draw(40)
+    seen = (0, 1, 2, 4, 5, 7, 8)
+    got = bench.score(db, q, seen, bits=32, radius=6)
+    expected = _reference(db, q, seen, k=8, map_k=50, candidates=30, radius=6)
+    assert set(got) == set(bench.METRICS) == set(expected)
+    for name in bench.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+    assert 0 < got["unseen_vote_radius"] < 1 and 0 < got["seen_mAP"] < 1
+
+
+def test_summary_is_mean_and_sample_sd_over_partitions(bench):
+    rows = [{"method": "dlbhc", "bits": 64, "conditions": {"clean": {"seen_mAP": v}}} for v in (0.5, 0.7, 0.9)]
+    entry = bench.summarise(rows)["dlbhc"]["64"]["clean"]["seen_mAP"]
+    assert entry["values"] == [0.5, 0.7, 0.9]
+    assert entry["mean"] == pytest.approx(0.7) and entry["sd"] == pytest.approx(0.2)
+
+
+def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
+    # 2 tune partitions of sklearn digits, a handful of images, 1 epoch, 16 bits.
+    monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
+                                                              queries_per_class=4, epochs=1, batch_size=16))
     calls = []
     real_train_encoder = bench.train_encoder
 
     def spy(image_dir, out, *, method, init_trunk_from=None, **kwargs):
-        # HashNet starts from the DLBHC model trained just before it.
-        assert init_trunk_from == (calls[-1][1] if method == "hashnet" else None)
-        calls.append((method, out, kwargs["config"].epochs))
+        calls.append((method, out, init_trunk_from))
         return real_train_encoder(image_dir, out, method=method, init_trunk_from=init_trunk_from, **kwargs)
 
     monkeypatch.setattr(bench, "train_encoder", spy)
-    result = bench.run_dataset("digits", ["hashnet"], bits=16, epochs=5, queries_per_class=3, limit_per_class=12,
-                               work_dir=tmp_path)
-    # Asked for HashNet alone: DLBHC's trunk is trained first (5 epochs), then HashNet for 40 % of them.
-    assert [(m, e) for m, _, e in calls] == [("dlbhc", 5), ("hashnet", 2)]
-    assert [r["init_trunk_from"] for r in result["rows"]] == ["dlbhc"]
+    methods = ["itq_pixels", "hashnet", "ms"]
+    threads = torch.get_num_threads()
+    try:
+        payload = bench.main(["--dataset", "digits", "--partitions", "tune", "--limit-partitions", "2",
+                              "--methods", ",".join(methods), "--bits", "16", "--threads", "1",
+                              "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process-wide thread count
+    # HashNet fine-tunes the DLBHC trunk trained just before it, on each partition.
+    assert [c[0] for c in calls] == ["itq", "dlbhc", "hashnet", "ms_hash"] * 2
+    assert calls[2][2] == calls[1][1] and calls[1][2] is None
+    written = json.loads((tmp_path / "out" / "seen_unseen_tune.json").read_text())
+    assert [p["name"] for p in written["partitions"]] == ["tune0", "tune1"]
+    assert len(written["rows"]) == 2 * len(methods)
+    for key in methods:
+        by_condition = written["summary"][key]["16"]
+        assert set(by_condition) == set(bench.CONDITIONS)
+        for condition in bench.CONDITIONS:
+            assert set(by_condition[condition]) == set(bench.METRICS)
+            for entry in by_condition[condition].values():
+                values = entry["values"]
+                assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+                assert entry["mean"] == pytest.approx(np.mean(values))
+                assert entry["sd"] == pytest.approx(np.std(values, ddof=1))
+    table = (tmp_path / "out" / "seen_unseen_tune.md").read_text()
+    for condition in bench.CONDITIONS:
+        assert f"### {condition}\n" in table
+    assert table.count("| HashNet from DLBHC | 16 |") == len(bench.CONDITIONS)
+    assert payload["total_s"] > 0

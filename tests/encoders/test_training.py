@@ -196,3 +196,21 @@ def test_shift_augmentation_keeps_size_and_scale():
     assert all(torch.equal(a, b) for a, b in zip(shifted, again))  # seeded by torch's RNG
     with pytest.raises(ValueError, match="unknown augment 'rotate'"):
         train_transform(cfg, "rotate")
+
+
+def test_pixel_noise_hits_the_given_share_of_images_with_the_given_sd():
+    from encoders.training import PixelNoise
+
+    grey = torch.full((1, 20, 20), 0.5)
+    torch.manual_seed(0)
+    noisy = [PixelNoise(0.1, p=0.5)(grey) for _ in range(200)]
+    changed = [x for x in noisy if not torch.equal(x, grey)]
+    assert 70 < len(changed) < 130
+    residual = torch.stack(changed) - 0.5
+    assert float(residual.std()) == pytest.approx(0.1, rel=0.05)
+    assert float(PixelNoise(1.0)(grey).min()) >= 0.0 and float(PixelNoise(1.0)(grey).max()) <= 1.0
+
+    cfg = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    steps = train_transform(cfg, "shift_noise").transforms
+    assert any(isinstance(s, PixelNoise) for s in steps)  # applied before Normalize, on [0, 1] pixels
+    assert isinstance(steps[-1], type(train_transform(cfg).transforms[-1]))

@@ -36,13 +36,21 @@ def test_build_lays_out_model_shards_index(built, digits_folder):
 
 def test_search_prints_neighbours_paths_and_vote(built, digits_folder):
     query = sorted((digits_folder / "2").iterdir())[0]
-    result = CliRunner().invoke(main, ["search", str(built / "index"), str(query), "-k", "8", "--json"])
+    result = CliRunner().invoke(main, ["search", str(built / "index"), str(query), "-k", "8", "--json",
+                                       "--no-rerank"])
     assert result.exit_code == 0, result.output
     (item,) = json.loads(result.output)
     assert len(item["neighbours"]) == 8
     first = item["neighbours"][0]
     assert first["distance"] == 0 and first["path"] == str(query.resolve())  # the query itself is indexed
     assert item["voted_class"] in {"0", "1", "2", "3"}
+    # By default the index's F7 features rerank the pool: Euclidean distances, the query first
+    # (its stored features are float16, so its distance is near 0 rather than 0).
+    result = CliRunner().invoke(main, ["search", str(built / "index"), str(query), "--candidates", "20", "--json"])
+    (item,) = json.loads(result.output)
+    distances = [n["distance"] for n in item["neighbours"]]
+    assert item["neighbours"][0]["path"] == str(query.resolve()) and distances[0] < 0.05
+    assert distances == sorted(distances) and any(d != int(d) for d in distances)
     text = CliRunner().invoke(main, ["search", str(built / "index"), str(query), "--rerank", "--candidates", "20"])
     assert text.exit_code == 0 and "voted class:" in text.output and str(query.resolve()) in text.output
 

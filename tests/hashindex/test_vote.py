@@ -57,3 +57,6 @@ def test_vote_uses_reranked_neighbours_when_features_given(rng):
     index.add(codes, labels=labels, features=feats)
     assert index.vote(codes[:1], k=3, features=np.array([[9.0]]), candidates=10)[0] == 1
     assert index.vote(codes[:1], k=3, features=np.array([[0.0]]), candidates=10)[0] == 0
+    # rerank=False turns the rerank off: the Hamming vote, whatever the features say.
+    hamming = index.vote(codes[:1], k=3)
+    assert index.vote(codes[:1], k=3, features=np.array([[9.0]]), candidates=10, rerank=False)[0] == hamming[0] == 0

@@ -1,0 +1,134 @@
+"""Metric-learning hashing: deep metric learning losses from ``pytorch-metric-learning`` on
+relaxed codes ``tanh(W f7)``, plus a quantisation term and a bit-balance term.
+
+Deep metric learning is trained and evaluated on classes disjoint from training (Cars196,
+CUB-200, SOP), which is what recognising classes added after training asks for;
+classification-trained codes encode the classifier instead (Sablayrolles et al., 2017).
+
+Registered variants (one builder, the loss is the only difference):
+
+- ``proxy_anchor_hash``: Proxy-Anchor (Kim et al., 2020), one learnt proxy per class;
+- ``ms_hash``: Multi-Similarity loss with the Multi-Similarity miner (Wang et al., 2019);
+- ``supcon_hash``: supervised contrastive loss (Khosla et al., 2020) over the batch.
+
+The library's losses compare codes by cosine similarity, which for ``+-1`` codes is
+``1 - 2 d_H / bits``: ranking by it is ranking by Hamming distance once the codes are binary.
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning import losses, miners
+from torch import nn
+
+from .base import HashModel, HashOutput
+from .losses import BaseHashLoss
+from .registry import create_backbone, register_encoder
+
+#: Registered method name of each metric loss.
+VARIANTS_BY_LOSS = {"proxy_anchor": "proxy_anchor_hash", "multi_similarity": "ms_hash", "supcon": "supcon_hash"}
+METRIC_LOSSES = tuple(VARIANTS_BY_LOSS)
+
+
+def quantization_term(codes: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(|h| - 1)^2``: zero when every relaxed bit sits at ``+-1``."""
+    return (codes.abs() - 1).pow(2).mean()
+
+
+def balance_term(codes: torch.Tensor) -> torch.Tensor:
+    """Mean over bits of the squared batch mean of each bit: zero when every bit is ``+1`` for
+    half the batch and ``-1`` for the other half (each bit splits the data)."""
+    return codes.mean(dim=0).pow(2).mean()
+
+
+def build_metric_loss(name: str, num_classes: int, bits: int) -> tuple[nn.Module, nn.Module | None]:
+    """``(loss, miner or None)`` from ``pytorch-metric-learning`` for a loss name of
+    :data:`METRIC_LOSSES`, with the library's default reducers."""
+    if name == "proxy_anchor":
+        return losses.ProxyAnchorLoss(num_classes, bits, margin=0.1, alpha=32), None
+    if name == "multi_similarity":
+        return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(epsilon=0.1)
+    if name == "supcon":
+        return losses.SupConLoss(temperature=0.1), None
+    raise ValueError(f"unknown metric loss {name!r}; expected one of {', '.join(METRIC_LOSSES)}")
+
+
+class MetricHashLoss(BaseHashLoss):
+    """``metric`` (the library loss on the relaxed codes) + ``quantization_weight`` x
+    :func:`quantization_term` + ``balance_weight`` x :func:`balance_term`; terms ``metric``,
+    ``quantization``, ``balance``. Needs class indices: mixed (soft) labels are refused."""
+
+    def __init__(self, metric_loss: nn.Module, miner: nn.Module | None = None, quantization_weight: float = 0.1,
+                 balance_weight: float = 0.1) -> None:
+        super().__init__()
+        self.metric_loss, self.miner = metric_loss, miner
+        self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
+
+    def compute_loss(self, output, labels):
+        if labels.ndim != 1:
+            raise ValueError("metric-learning hashing needs class indices; it cannot train on mixup's class "
+                             "probabilities (use mixup=0)")
+        codes = output.codes.float()
+        pairs = self.miner(codes, labels) if self.miner is not None else None
+        return {"metric": self.metric_loss(codes, labels, indices_tuple=pairs),
+                "quantization": self.quantization_weight * quantization_term(codes),
+                "balance": self.balance_weight * balance_term(codes)}
+
+
+class MetricHash(HashModel):
+    """Backbone F7 -> ``Linear(feature_dim, bits)`` -> ``tanh``. ``forward`` returns F7 and the
+    relaxed codes (no logits); the binary code is ``sign``. The library loss is a child module,
+    so Proxy-Anchor's proxies train with the model and are saved with it."""
+
+    def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
+                 quantization_weight: float = 0.1, balance_weight: float = 0.1, **config) -> None:
+        if not num_classes or num_classes < 2:
+            raise ValueError(f"metric-learning hashing needs num_classes >= 2, got {num_classes}")
+        metric_loss, miner = build_metric_loss(loss, num_classes, bits)
+        super().__init__(net, bits, num_classes, **config)
+        self.method = VARIANTS_BY_LOSS[loss]
+        self.hash_fc = nn.Linear(net.feature_dim, bits)
+        self.metric_loss, self.miner = metric_loss, miner
+        self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
+        self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight)
+
+    def forward_head(self, features: torch.Tensor) -> HashOutput:
+        return HashOutput(features=features, codes=torch.tanh(self.hash_fc(features)))
+
+    def binarize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes > 0
+
+    def default_loss(self) -> MetricHashLoss:
+        return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight)
+
+
+def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, quantization_weight: float,
+                 balance_weight: float, backbone_kwargs: dict) -> MetricHash:
+    net = create_backbone(backbone, **backbone_kwargs)
+    return MetricHash(net, bits, num_classes, loss=loss, quantization_weight=quantization_weight,
+                      balance_weight=balance_weight, backbone=backbone, **backbone_kwargs)
+
+
+@register_encoder
+def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
+                      quantization_weight: float = 0.1, balance_weight: float = 0.1,
+                      **backbone_kwargs) -> MetricHash:
+    """Proxy-Anchor loss on tanh codes; extra keywords go to the backbone builder."""
+    return _metric_hash("proxy_anchor", backbone, bits, num_classes, quantization_weight, balance_weight,
+                        backbone_kwargs)
+
+
+@register_encoder
+def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
+            balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
+    """Multi-Similarity loss and miner on tanh codes; extra keywords go to the backbone builder."""
+    return _metric_hash("multi_similarity", backbone, bits, num_classes, quantization_weight, balance_weight,
+                        backbone_kwargs)
+
+
+@register_encoder
+def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
+                quantization_weight: float = 0.1, balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
+    """Supervised contrastive loss over the batch on tanh codes; extra keywords go to the backbone builder."""
+    return _metric_hash("supcon", backbone, bits, num_classes, quantization_weight, balance_weight,
+                        backbone_kwargs)

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from encoders import create_encoder, list_encoders, load_encoder, save_encoder
+from encoders.base import HashOutput
+from encoders.data import list_images
+from encoders.encode import encode_folder
+from encoders.metric_hash import METRIC_LOSSES, MetricHashLoss, balance_term, build_metric_loss, quantization_term
+from encoders.training import TrainConfig, train_model
+from hashindex.index import HashIndex
+from hashindex.metrics import vote_accuracy
+from hashindex.store import ShardReader
+
+VARIANTS = ["proxy_anchor_hash", "ms_hash", "supcon_hash"]
+
+
+def _tiny(method, bits=16, **kwargs):
+    torch.manual_seed(0)
+    return create_encoder(method, backbone="small_cnn", bits=bits, num_classes=4, width=8, feature_dim=32,
+                          input_size=16, **kwargs)
+
+
+def test_variants_are_registered_with_their_own_names():
+    assert set(VARIANTS) <= set(list_encoders("*_hash"))
+    for method in VARIANTS:
+        assert _tiny(method).method == method
+    with pytest.raises(ValueError, match="unknown metric loss 'triplet'; expected one of proxy_anchor"):
+        build_metric_loss("triplet", 4, 16)
+    assert set(METRIC_LOSSES) == {"proxy_anchor", "multi_similarity", "supcon"}
+
+
+def test_quantization_term_is_zero_at_the_corners_and_pulls_towards_them():
+    assert float(quantization_term(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))) == 0.0
+    assert float(quantization_term(torch.tensor([[0.5, -0.5]]))) == pytest.approx(0.25)
+    h = torch.tensor([[0.3, -0.6, 0.9, -0.1]], requires_grad=True)
+    quantization_term(h).backward()
+    moved = h.detach() - 0.5 * h.grad
+    assert (moved.abs() > h.detach().abs()).all()  # every bit moves towards its sign's corner
+    assert torch.equal(torch.sign(moved), torch.sign(h.detach()))
+
+
+def test_balance_term_is_zero_for_balanced_bits_and_pushes_bit_means_to_zero():
+    balanced = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    assert float(balance_term(balanced)) == 0.0
+    # Bit means 1 and 0: the mean of their squares is 0.5.
+    assert float(balance_term(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))) == pytest.approx(0.5)
+    h = torch.tensor([[0.9, 0.2], [0.8, -0.1], [0.7, 0.4]], requires_grad=True)
+    balance_term(h).backward()
+    moved = h.detach() - 1.0 * h.grad
+    assert (moved.mean(0).abs() < h.detach().mean(0).abs()).all()
+
+
+@pytest.mark.parametrize("loss", METRIC_LOSSES)
+def test_loss_terms_are_named_weighted_and_give_gradients(loss):
+    torch.manual_seed(0)
+    metric, miner = build_metric_loss(loss, num_classes=3, bits=8)
+    codes = torch.tanh(torch.randn(12, 8, requires_grad=True))
+    codes.retain_grad()
+    labels = torch.arange(12) % 3
+    out = HashOutput(features=torch.zeros(12, 4), codes=codes)
+    terms = MetricHashLoss(metric, miner, quantization_weight=0.5, balance_weight=2.0)(out, labels)
+    assert set(terms) == {"metric", "quantization", "balance", "loss"}
+    assert terms["quantization"].item() == pytest.approx(0.5 * quantization_term(codes).item())
+    assert terms["balance"].item() == pytest.approx(2.0 * balance_term(codes).item())
+    assert terms["loss"].item() == pytest.approx(sum(terms[t].item() for t in ("metric", "quantization", "balance")))
+    assert terms["metric"].item() > 0
+    terms["loss"].backward()
+    assert codes.grad is not None and torch.isfinite(codes.grad).all() and codes.grad.abs().sum() > 0
+    unweighted = MetricHashLoss(metric, miner, quantization_weight=0.0, balance_weight=0.0)(out, labels)
+    assert unweighted["loss"].item() == pytest.approx(terms["metric"].item(), rel=1e-5)
+
+
+def test_mixup_labels_are_refused():
+    model = _tiny("ms_hash")
+    out = model(torch.randn(4, 3, 16, 16))
+    soft = torch.full((4, 4), 0.25)
+    with pytest.raises(ValueError, match="cannot train on mixup's class probabilities"):
+        model.default_loss()(out, soft)
+
+
+def test_proxies_are_trained_saved_and_loaded(tmp_path):
+    model = _tiny("proxy_anchor_hash")
+    proxies = dict(model.named_parameters())["metric_loss.proxies"]
+    assert proxies.shape == (4, 16)
+    before = proxies.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    terms = model.default_loss()(model(torch.randn(8, 3, 16, 16)), torch.arange(8) % 4)
+    terms["loss"].backward()
+    opt.step()
+    assert not torch.equal(before, proxies.detach())
+    path = save_encoder(model, tmp_path / "m.pt", class_names=["a", "b", "c", "d"])
+    loaded = load_encoder(path)
+    assert loaded.method == "proxy_anchor_hash"
+    assert torch.equal(dict(loaded.named_parameters())["metric_loss.proxies"], proxies.detach())
+    x = torch.randn(5, 3, 16, 16)
+    model.eval()
+    np.testing.assert_array_equal(loaded.encode(x)[0], model.encode(x)[0])
+
+
+@pytest.mark.parametrize("method", ["proxy_anchor_hash", "ms_hash"])
+def test_training_beats_chance_on_a_tiny_set(method, digits_folder, tmp_path):
+    # 4 classes x 30 digits: vote among each image's 8 nearest codes (itself left out);
+    # chance is 0.25.
+    images = list_images(digits_folder, supervised=True)
+    model = _tiny(method)
+    history = train_model(model, images, TrainConfig(epochs=8, batch_size=24, lr=3e-3, device="cpu"), progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    encode_folder(model.eval(), digits_folder, tmp_path / "codes", progress=False)
+    data = ShardReader(tmp_path / "codes").read(("codes", "labels"))
+    index = HashIndex(bits=16)
+    index.add(data["codes"], labels=data["labels"])
+    _, ids = index.search(data["codes"], k=9)
+    neighbours = np.array([[i for i in row if i != q][:8] for q, row in enumerate(ids)])
+    votes = [np.bincount(index.labels_of(row), minlength=4).argmax() for row in neighbours]
+    assert vote_accuracy(np.array(votes), data["labels"]) > 0.6
