@@ -58,7 +58,8 @@ import numpy as np
 
 from .cluster import NAMESPACE, require_ray
 from .codes import MISSING_DISTANCE, hamming
-from .index import HashIndex, check_candidates, check_queries, check_query_features, range_pool
+from .index import HashIndex
+from .query_checks import check_candidates, check_queries, check_query_features, range_pool
 from .rerank import rerank_euclidean
 from .store import ShardError, ShardReader, StoreInfo, read_store_info
 from .vote import majority_vote

@@ -31,7 +31,7 @@ def test_add_a_new_class_folder_is_voted_for_its_own_images_at_once(tiny_build, 
     assert (data["labels"][-30:] == 4).all() and all(p.startswith(str(new_class_folder)) for p in data["paths"][-30:])
     # Each new image is voted class 4 from its 8 nearest neighbours.
     new = sorted(str(p) for p in (new_class_folder / "4").iterdir())
-    search = _invoke("search", index_dir, *new, "-k", "8", "--json")
+    search = _invoke("search", index_dir, *new, "-k", "8", "--json", "--no-rerank")
     assert search.exit_code == 0, search.output
     items = json.loads(search.output)
     votes = [item["voted_class"] for item in items]

@@ -58,7 +58,7 @@ def test_search_prints_neighbours_paths_and_vote(built, digits_folder):
 def test_search_json_distances_labels_html_and_grid(built, digits_folder, tmp_path):
     queries = [str(sorted((digits_folder / c).iterdir())[0]) for c in ("0", "3")]
     runner = CliRunner()
-    result = runner.invoke(main, ["search", str(built / "index"), *queries, "-k", "5", "--json", "--label", "1",
+    result = runner.invoke(main, ["search", str(built / "index"), *queries, "-k", "5", "--json", "--no-rerank", "--label", "1",
                                   "--label", "2", "--html", str(tmp_path / "r.html"), "--grid", str(tmp_path / "r.png")])
     assert result.exit_code == 0, result.output
     items = json.loads(result.stdout)
