@@ -52,7 +52,8 @@ def _train_options(fn):
         click.option("--backbone", default="small_cnn", help="Feature extractor (see `hashindex list`)."),
         click.option("--bits", type=click.IntRange(min=8), default=64, help="Code length, a multiple of 8."),
         click.option("--epochs", type=click.IntRange(min=1), default=10),
-        click.option("--batch-size", type=click.IntRange(min=2), default=64),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                     help="Training batch [default: 64; 32 for efficientnet_lite0, which stays under 3 GB]."),
         click.option("--lr", type=float, default=1e-3, help="Learning rate."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_CHOICES), default="constant",
@@ -64,6 +65,18 @@ def _train_options(fn):
                           "Helps codes of classes not trained on (1.0 in the seen/unseen benchmark)."),
         click.option("--seed", type=int, default=0),
         click.option("--device", default="auto", help="auto, cpu or cuda."),
+        # The four below default to None: the backbone's recipe (encoders.training.resolve_train_config) decides.
+        click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
+                     help="Backbone learning rate = lr x this [default: 0.1 with pretrained weights, else 1]."),
+        click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
+                     help="First epochs in which only the hash head trains [default: 0]."),
+        click.option("--freeze-early/--train-early", default=None,
+                     help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
+        click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
+                     help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
+        click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,
+                     help="Weight of a term making each bit on for half the images (0 = off); "
+                          "fixes collapsed codes."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -71,12 +84,13 @@ def _train_options(fn):
 
 
 def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device, checkpoint_dir=None,
-                  resume=False):
+                  resume=False, **recipe):
     from encoders.training import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
                        augment=None if augment == "none" else augment, mixup=mixup, seed=seed, device=device,
-                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
+                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume,
+                       **recipe)
 
 
 @main.command()
@@ -90,7 +104,7 @@ def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Encoder file whose trained backbone this one starts from (e.g. a DLBHC model for HashNet).")
 def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, checkpoint_dir, resume, init_from):
+          seed, device, checkpoint_dir, resume, init_from, **recipe):
     """Train an encoder on IMAGE_DIR and save it to --out.
 
     Supervised methods need one sub-folder per class; unsupervised ones (lsh, itq, gan_hash, ...)
@@ -98,7 +112,7 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
     from .pipeline import train_encoder
 
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
-                           checkpoint_dir, resume)
+                           checkpoint_dir, resume, **recipe)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
                          init_trunk_from=init_from)
     click.echo(f"saved encoder to {path}")
@@ -217,14 +231,14 @@ def eval_cmd(index_dir, query_shards, database, k, map_k, out):
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build.")
 def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, spec, model_path, shard_size, resume):
+          seed, device, spec, model_path, shard_size, resume, **recipe):
     """Train, encode and index IMAGE_DIR in one go."""
     from . import pipeline
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
-                            batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
-                            config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-                                                 seed, device))
+                            batch_size=batch_size or 64, resume=resume, method=method, backbone=backbone,
+                            bits=bits, config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment,
+                                                            mixup, seed, device, **recipe))
     click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")
     from encoders.encode import SKIPPED_REPORT
 
