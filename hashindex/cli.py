@@ -207,15 +207,22 @@ def search(index_dir, query_images, k, model_path, rerank, candidates, as_json):
 @click.option("--database", type=_EXISTING_DIR, default=None,
               help="Shards of the indexed codes (default: the ones the index was built from).")
 @click.option("-k", type=click.IntRange(min=1), default=8, help="Neighbours for P@k and voting.")
-@click.option("--map-k", type=click.IntRange(min=1), default=1000, help="Depth of mAP@k.")
+@click.option("--map-k", type=click.IntRange(min=1), default=1000,
+              help="Depth of mAP@k (the database size when smaller; the figure is named after the depth used).")
+@click.option("--unseen", default=None, metavar="CLASS,...",
+              help="Classes the encoder never saw: their queries are scored apart from the others'.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON.")
-def eval_cmd(index_dir, query_shards, database, k, map_k, out):
+def eval_cmd(index_dir, query_shards, database, k, map_k, unseen, out):
     """Score the index at INDEX_DIR with the labelled queries in QUERY_SHARDS."""
     from .query import evaluate_index
 
-    figures = evaluate_index(index_dir, query_shards, database=database, k=k, map_k=map_k)
-    for name, value in figures.items():
-        click.echo(f"{name:32s} {value:.4f}" if isinstance(value, float) else f"{name:32s} {value}")
+    unseen = [c.strip() for c in unseen.split(",") if c.strip()] if unseen else None
+    figures = evaluate_index(index_dir, query_shards, database=database, k=k, map_k=map_k, unseen=unseen)
+    for part, part_figures in (figures.items() if unseen else [(None, figures)]):
+        if part:
+            click.echo(f"[{part} classes]")
+        for name, value in part_figures.items():
+            click.echo(f"{name:32s} {value:.4f}" if isinstance(value, float) else f"{name:32s} {value}")
     if out:
         out.write_text(json.dumps(figures, indent=2))
 
