@@ -249,6 +249,29 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(rows: list[dict], methods: list[str], partitions: list[int], args, total_s: float):
+    """Write the JSON and markdown of the partitions done so far (a cut-short run keeps them)."""
+    summary = summarise(rows, methods)
+    done = sorted({r["partition"] for r in rows})
+    payload = {"benchmark": "photos", "args": {k: str(v) for k, v in vars(args).items()},
+               "partitions": partitions, "partitions_done": done, "environment": {
+                   "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+                   "cpu_count": os.cpu_count(), "torch_threads": args.threads, "cuda": torch.cuda.is_available(),
+                   "load_average_at_end": os.getloadavg()},
+               "total_s": total_s, "summary": summary, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2, default=float))
+    table = markdown_table(summary)
+    (args.out / f"{args.name}.md").write_text(
+        f"Photo benchmark, partitions {done} of {partitions}: {args.train_views} training views per seen class "
+        f"(16 classes), {args.database_views} database and {args.query_views} query views per class (20 classes), "
+        f"{args.size} px, {BACKBONE} at 224 px, 64-bit codes, {args.epochs} epochs, default flags"
+        f"{' + ' + args.train_args if args.train_args else ''}; mean ± sd over partitions; total "
+        f"{total_s / 60:.1f} min on {args.threads} thread(s), load average at the end "
+        f"{os.getloadavg()[0]:.1f}.\n\n" + table)
+    return payload, table
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=sorted(SPLITS), default="report")
@@ -275,24 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     photos = load_photos()
     start = time.perf_counter()
-    rows = [row for p in partitions for row in run_partition(photos, p, methods, args)]
-    summary = summarise(rows, methods)
-    payload = {"benchmark": "photos", "args": {k: str(v) for k, v in vars(args).items()},
-               "partitions": partitions, "environment": {
-                   "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-                   "cpu_count": os.cpu_count(), "torch_threads": args.threads, "cuda": torch.cuda.is_available(),
-                   "load_average_at_start": os.getloadavg()},
-               "total_s": time.perf_counter() - start, "summary": summary, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2, default=float))
-    table = markdown_table(summary)
-    (args.out / f"{args.name}.md").write_text(
-        f"Photo benchmark, partitions {partitions} ({args.split if not args.partitions else 'chosen'}): "
-        f"{args.train_views} training views per seen class (16 classes), {args.database_views} database and "
-        f"{args.query_views} query views per class (20 classes), {args.size} px, {BACKBONE} at 224 px, 64-bit "
-        f"codes, {args.epochs} epochs, default flags{' + ' + args.train_args if args.train_args else ''}; "
-        f"mean ± sd over partitions; total {payload['total_s'] / 60:.1f} min on {args.threads} thread(s).\n\n"
-        + table)
+    rows: list[dict] = []
+    for partition in partitions:
+        rows += run_partition(photos, partition, methods, args)
+        payload, table = write_results(rows, methods, partitions, args, time.perf_counter() - start)
     print(table)
     return payload
 
