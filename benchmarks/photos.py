@@ -124,10 +124,10 @@ def make_partition(photos: dict, partition: int, root: Path, *, train: int, data
 
 
 def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int, seed: int, threads: int, device: str,
-                     extra_args: list[str]) -> dict:
+                     extra_args: list[str], backbone: str = BACKBONE) -> dict:
     """Run ``hashindex train`` in a child process: its wall time and peak RSS (from ``wait4``)."""
     cmd = [sys.executable, "-m", "hashindex.cli", "--threads", str(threads), "train", str(train_dir), "--out",
-           str(out), "--method", method, "--backbone", BACKBONE, "--seed", str(seed), "--device", device]
+           str(out), "--method", method, "--backbone", backbone, "--seed", str(seed), "--device", device]
     if method != "itq":
         cmd += ["--epochs", str(epochs), *extra_args]
     start = time.perf_counter()
@@ -182,7 +182,7 @@ def run_partition(photos: dict, partition: int, methods: list[str], args, echo=p
             model_path = tmp / f"{method}.pt"
             trained = train_subprocess(method, part["folders"]["train"], model_path, epochs=args.epochs,
                                        seed=args.seed, threads=args.threads, device=args.device,
-                                       extra_args=shlex.split(args.train_args))
+                                       extra_args=shlex.split(args.train_args), backbone=args.backbone)
             extra = torch.load(model_path, weights_only=True)["extra"]
             images_seen = n_train * (1 if method == "itq" else args.epochs)
             row = {"partition": partition, "method": method, "unseen_classes": part["unseen"],
@@ -265,7 +265,7 @@ def write_results(rows: list[dict], methods: list[str], partitions: list[int], a
     (args.out / f"{args.name}.md").write_text(
         f"Photo benchmark, partitions {done} of {partitions}: {args.train_views} training views per seen class "
         f"(16 classes), {args.database_views} database and {args.query_views} query views per class (20 classes), "
-        f"{args.size} px, {BACKBONE} at 224 px, 64-bit codes, {args.epochs} epochs, default flags"
+        f"{args.size} px, {args.backbone} (EfficientNet-Lite0: 224 px input), 64-bit codes, {args.epochs} epochs, default flags"
         f"{' + ' + args.train_args if args.train_args else ''}; mean ± sd over partitions; total "
         f"{total_s / 60:.1f} min on {args.threads} thread(s), load average at the end "
         f"{os.getloadavg()[0]:.1f}.\n\n" + table)
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--database-views", type=int, default=15, help="database views per class")
     parser.add_argument("--query-views", type=int, default=5, help="query views per class")
     parser.add_argument("--size", type=int, default=128, help="side of a view in px")
+    parser.add_argument("--backbone", default=BACKBONE, help="(another backbone: for smoke tests)")
     parser.add_argument("--train-args", default="", help="extra `hashindex train` flags for supervised methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
