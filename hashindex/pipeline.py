@@ -79,8 +79,9 @@ def training_code_health(model, images, config: TrainConfig, echo=None) -> CodeH
     if echo is not None:
         echo(f"code health on the {health.images} training images: {health.summary()}")
     for line in health.warnings():
-        warnings.warn(f"collapsed codes: {line}; retrain with a bit-balance or quantisation term "
-                      "(--bit-balance 0.1, --quantization 0.1)", stacklevel=2)
+        warnings.warn(f"collapsed codes: {line}; a bit-balance term (--bit-balance 0.1) spreads near-constant "
+                      "bits, a quantisation term (--quantization 0.1) keeps relaxed bits off 0 (README, "
+                      "'Real photos')", stacklevel=2)
     return health
 
 
