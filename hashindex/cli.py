@@ -75,8 +75,8 @@ def _train_options(fn):
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,
-                     help="Weight of a term making each bit on for half the images (0 = off); "
-                          "fixes collapsed codes."),
+                     help="Weight of a term making each bit on for half the batch (0 = off); "
+                          "spreads near-constant bits."),
     ]
     for option in reversed(options):
         fn = option(fn)
