@@ -42,7 +42,7 @@ import torch
 from encoders import load_encoder
 from encoders.encode import encode_folder
 from hashindex.code_health import code_health
-from hashindex.evaluate import evaluate
+from hashindex.evaluate import evaluate_split
 from hashindex.index import HashIndex
 from hashindex.store import ShardReader
 
@@ -160,8 +160,7 @@ def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int, se
     return {"train_s": wall, "peak_rss_gb": peak, "log": proc.stdout[-2000:]}
 
 
-def score_method(model_path: Path, folders: dict, work: Path, seen: list[str], unseen: list[str], seed: int,
-                 device: str) -> dict:
+def score_method(model_path: Path, folders: dict, work: Path, unseen: list[str], seed: int, device: str) -> dict:
     """Encode database and queries with the model; seen and unseen figures, database code health."""
     model = load_encoder(model_path)
     start = time.perf_counter()
@@ -178,10 +177,9 @@ def score_method(model_path: Path, folders: dict, work: Path, seen: list[str], u
     names = ShardReader(q_dir).class_names
     row = {"encode_s": encode_s, "encode_images_per_s": (len(db["codes"]) + len(q["codes"])) / encode_s,
            "database_health": code_health(db["codes"], model.bits).as_dict()}
-    for part, classes in (("seen", seen), ("unseen", unseen)):
-        keep = np.isin(q["labels"], [names.index(c) for c in classes])
-        figures = evaluate(index, q["codes"][keep], q["labels"][keep], db["codes"], db["labels"], k=VOTE_K,
-                           map_k=MAP_K, query_features=q["features"][keep])
+    split = evaluate_split(index, q["codes"], q["labels"], db["codes"], db["labels"], [names.index(c) for c in unseen],
+                           k=VOTE_K, map_k=MAP_K, query_features=q["features"])
+    for part, figures in split.items():
         row[part] = {"mAP@100": figures[f"mAP@{MAP_K}"], "P@8": figures[f"P@{VOTE_K}"],
                      "vote@8": figures["vote_accuracy"], "rerank_vote@8": figures.get("rerank_vote_accuracy")}
     return row
@@ -205,7 +203,7 @@ def run_partition(photos: dict, partition: int, methods: list[str], args, echo=p
                    "train_s": trained["train_s"], "train_images_per_s": images_seen / trained["train_s"],
                    "peak_rss_gb": trained["peak_rss_gb"], "train_config": extra.get("train_config"),
                    "train_health": extra.get("code_health"),
-                   **score_method(model_path, part["folders"], tmp, part["seen"], part["unseen"], args.seed,
+                   **score_method(model_path, part["folders"], tmp, part["unseen"], args.seed,
                                   args.device)}
             echo(f"[partition {partition}] {METHODS[method]}: seen mAP@100 {row['seen']['mAP@100']:.3f}, unseen "
                  f"mAP@100 {row['unseen']['mAP@100']:.3f}, unseen vote@8 {row['unseen']['vote@8']:.2f}, distinct "
