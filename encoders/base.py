@@ -89,6 +89,11 @@ class HashModel(nn.Module):
         """Relaxed codes -> bool bits."""
         raise NotImplementedError
 
+    def signed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Relaxed codes mapped to ``[-1, 1]`` (bit on = positive), for code-level loss terms;
+        the identity for codes that already live there."""
+        return codes
+
     def default_loss(self):
         """The loss this method is trained with (a :class:`encoders.losses.BaseHashLoss`)."""
         raise NotImplementedError

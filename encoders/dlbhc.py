@@ -28,6 +28,9 @@ class DLBHC(HashModel):
     def binarize(self, codes: torch.Tensor) -> torch.Tensor:
         return codes > 0.5
 
+    def signed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return 2 * codes - 1
+
     def default_loss(self) -> ClassificationLoss:
         return ClassificationLoss()
 

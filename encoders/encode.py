@@ -24,6 +24,7 @@ from hashindex.store import MANIFEST, ShardWriter, read_store_info
 from .checkpoint import encoder_identity, portable_config
 from .data import (ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images,
                    listing_fingerprint)
+from .memory import keep_freed_memory
 from .training import resolve_device
 
 SKIPPED_REPORT = "skipped.jsonl"
@@ -96,7 +97,7 @@ def encode_folder(
 
         bar = tqdm(loader, desc=f"encoding {images.root.name}", unit="batch", disable=None)
     skipped_file = _restart_skipped_report(out_dir, writer.info.next_id)
-    with writer, open(skipped_file, "a", encoding="utf-8") as skipped_log:
+    with writer, open(skipped_file, "a", encoding="utf-8") as skipped_log, keep_freed_memory():
         for batch in bar:
             for image_id, reason in batch.failed:
                 report.skipped.append((images.samples[image_id][0], reason))

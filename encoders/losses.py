@@ -105,6 +105,34 @@ class HashNetLoss(BaseHashLoss):
         return {"similarity": (pair_loss * pairs).sum() / pairs.sum().clamp(min=1)}
 
 
+def code_terms(signed_codes: torch.Tensor, quantization: float = 0.0, bit_balance: float = 0.0
+               ) -> dict[str, torch.Tensor]:
+    """Regularisers on relaxed codes mapped to ``[-1, 1]`` (``HashModel.signed_codes``), ``(n, bits)``:
+
+    - ``quantization``: ``mean((|b| - 1)^2)``, pulls each relaxed bit to -1 or +1, so that
+      binarising changes little;
+    - ``bit_balance``: ``mean_k (mean_i b_ik)^2``, pushes every bit to be on for half of the
+      batch; a bit that is the same for every image separates nothing, and codes collapse
+      when many are.
+
+    Each term is returned (weighted) only when its weight is > 0.
+    """
+    b = signed_codes.float()
+    terms = {}
+    if quantization:
+        terms["quantization"] = quantization * (b.abs() - 1).pow(2).mean()
+    if bit_balance:
+        terms["bit_balance"] = bit_balance * b.mean(dim=0).pow(2).mean()
+    return terms
+
+
+def add_code_terms(terms: dict[str, torch.Tensor], signed_codes: torch.Tensor, quantization: float = 0.0,
+                   bit_balance: float = 0.0) -> dict[str, torch.Tensor]:
+    """``terms`` (a loss's output) with the :func:`code_terms` added, ``loss`` their new total."""
+    extra = code_terms(signed_codes, quantization, bit_balance)
+    return {**terms, **extra, "loss": terms["loss"] + sum(extra.values())}
+
+
 #: Losses a training stage can name (``Stage(loss="hashnet")``); ``None`` means the model's own.
 LOSSES = {"classification": ClassificationLoss, "hashnet": HashNetLoss}
 

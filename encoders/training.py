@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
+from .losses import add_code_terms
+from .memory import keep_freed_memory
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
 from .mixup import mixup_batch
 
@@ -59,10 +61,19 @@ class TrainConfig:
     ``augment`` randomly shifts (and flips) training images, see :func:`train_transform`;
     ``mixup`` > 0 trains on blends of image pairs with ``Beta(mixup, mixup)`` weights, see
     :mod:`encoders.mixup` (0: off).
+
+    The fields left ``None`` are set by :func:`resolve_train_config` from the backbone; a
+    backbone with pretrained weights gets :data:`PRETRAINED_RECIPE`, one trained from scratch
+    :data:`SCRATCH_RECIPE`: ``batch_size`` (the backbone's ``default_batch_size``, else 64),
+    ``backbone_lr_scale`` (the backbone's learning rate is ``lr`` times this),
+    ``warmup_epochs`` (epochs, counted within ``epochs``, in which only the head trains) and
+    ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time).
+    ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
+    (0: off).
     """
 
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 5e-4
     optimizer: str = "adam"
@@ -78,13 +89,53 @@ class TrainConfig:
     amp: bool = True
     augment: str | None = None  #: one of :data:`AUGMENTATIONS`, see :func:`train_transform`
     mixup: float = 0.0  #: Beta parameter of :func:`encoders.mixup.mixup_batch`; 0 = no mixup
+    backbone_lr_scale: float | None = None
+    warmup_epochs: int | None = None
+    freeze_early: bool | None = None
+    quantization: float = 0.0
+    bit_balance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
+        for name in ("backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
         if self.stages is not None:
             self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
+
+
+#: Defaults for a backbone with pretrained weights (README, "Real photos"): the backbone learns
+#: 10x slower than the head, so that training adapts the ImageNet features instead of
+#: overwriting them. Measured on the tuning partitions of ``benchmarks/photos.py``; the other
+#: options (one rate, a head-only warm-up) were not, for lack of CPU time.
+PRETRAINED_RECIPE = {"backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True}
+SCRATCH_RECIPE = {"backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False}
+DEFAULT_BATCH_SIZE = 64
+
+
+def has_pretrained_backbone(model) -> bool:
+    """Whether ``model``'s backbone was built with pretrained weights (its ``pretrained`` flag)."""
+    return bool(getattr(getattr(model, "backbone", None), "pretrained", False))
+
+
+def resolve_train_config(model, config: TrainConfig | None = None) -> TrainConfig:
+    """``config`` with its ``None`` fields set for ``model`` (see :class:`TrainConfig`); the
+    result is what the saved model file records. A model with its own staged schedule
+    (``default_stages``) or explicit ``stages`` keeps them: its learning rates are not scaled
+    and no warm-up is added, unless asked for."""
+    config = config or TrainConfig()
+    recipe = dict(PRETRAINED_RECIPE if has_pretrained_backbone(model) else SCRATCH_RECIPE)
+    if config.stages or hasattr(model, "default_stages"):
+        recipe.update(backbone_lr_scale=1.0, warmup_epochs=0)
+    filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
+    if config.batch_size is None:
+        filled["batch_size"] = getattr(getattr(model, "backbone", None), "default_batch_size", DEFAULT_BATCH_SIZE)
+    return replace(config, **filled)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -142,8 +193,16 @@ def resolve_stages(model, config: TrainConfig) -> list[Stage]:
     """The stages to run, with every ``None`` hyper-parameter filled from ``config``."""
     if config.stages:
         stages = list(config.stages)
+    elif defaults := model.default_stages(config.epochs):
+        stages = list(defaults)
+    elif config.warmup_epochs:
+        if config.warmup_epochs >= config.epochs:
+            raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must be fewer than epochs ({config.epochs})")
+        head = tuple(name for name in module_groups(model) if name != "backbone")
+        stages = [Stage(epochs=config.warmup_epochs, train=head, name="warmup"),
+                  Stage(epochs=config.epochs - config.warmup_epochs, name="train")]
     else:
-        stages = list(model.default_stages(config.epochs) or [Stage(epochs=config.epochs)])
+        stages = [Stage(epochs=config.epochs)]
     resolved = []
     for i, s in enumerate(stages):
         if s.epochs < 0:
@@ -214,11 +273,22 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
     for m in trainable:
         m.requires_grad_(True)
     frozen = [m for n, ms in groups.items() if n not in names for m in ms]
+    if config.freeze_early and hasattr(model.backbone, "early_layers"):
+        # Frozen layers keep no activations for backward: the early, high-resolution ones hold most.
+        early = list(model.backbone.early_layers())
+        for m in early:
+            m.requires_grad_(False)
+        frozen += early
+    backbone_params = {id(p) for m in groups.get("backbone", []) for p in m.parameters()}
+    scale = 1.0 if config.backbone_lr_scale is None else config.backbone_lr_scale
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"stage {stage.name!r} has no parameter to train (parts {names})")
+    # Each parameter group carries its "lr_scale"; _train_epoch sets lr = schedule x lr_scale.
+    param_groups = [{"params": [p for p in params if (id(p) in backbone_params) == is_backbone], "lr_scale": s}
+                    for is_backbone, s in ((False, 1.0), (True, scale))]
     opt_config = replace(config, lr=stage.lr, weight_decay=stage.weight_decay, optimizer=stage.optimizer)
-    optimizer = make_optimizer(params, opt_config)
+    optimizer = make_optimizer([g for g in param_groups if g["params"]], opt_config)
     if loss is None:
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
     if config.mixup and not loss.requires_labels:
@@ -231,9 +301,16 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
     """Train ``model`` on the labelled ``images``; returns one dict of mean loss terms per epoch.
 
     ``loss``, when given, replaces every stage's loss. ``on_epoch_end(epoch, record)`` is
-    called after each epoch's checkpoint is written.
+    called after each epoch's checkpoint is written. ``config``'s unset fields are filled by
+    :func:`resolve_train_config`.
     """
-    config = config or TrainConfig()
+    with keep_freed_memory():
+        return _train_model(model, images, config, loss, progress, on_epoch_end)
+
+
+def _train_model(model, images: ImageList, config: TrainConfig | None, loss, progress: bool,
+                 on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
+    config = resolve_train_config(model, config)
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)
@@ -300,7 +377,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         stage_step = epoch_in_stage * steps_per_epoch + step
         lr = learning_rate(run.stage, stage_step, stage_steps)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
         if config.mixup:
@@ -308,6 +385,9 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         with torch.autocast(device.type, enabled=use_amp):
             out = model(x)
             terms = run.loss(out, y)
+            if config.quantization or config.bit_balance:
+                terms = add_code_terms(terms, model.signed_codes(out.codes), config.quantization,
+                                       config.bit_balance)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(terms["loss"]).backward()
         run.scaler.step(run.optimizer)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import save_encoder
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform, list_images
 from .feature_hashing import FeatureHashModel
+from .memory import keep_freed_memory
 from .registry import create_encoder
 from .training import TrainConfig, resolve_device
 
@@ -45,15 +46,16 @@ def extract_features(model: FeatureHashModel, images: ImageList, *, batch_size: 
 
         loader = tqdm(loader, desc="extracting features", unit="batch", disable=None)
     features, targets, skipped = [], [], []
-    for batch in loader:
-        skipped.extend((images.samples[i][0], reason) for i, reason in batch.failed)
-        if len(batch.ids) == 0:
-            continue
-        x = batch.images.to(dev)
-        features.append(backbone(x).float().cpu().numpy())
-        if reconstruction_size:
-            small = F.adaptive_avg_pool2d(x, reconstruction_size)
-            targets.append(small.flatten(1).float().cpu().numpy())
+    with keep_freed_memory():
+        for batch in loader:
+            skipped.extend((images.samples[i][0], reason) for i, reason in batch.failed)
+            if len(batch.ids) == 0:
+                continue
+            x = batch.images.to(dev)
+            features.append(backbone(x).float().cpu().numpy())
+            if reconstruction_size:
+                small = F.adaptive_avg_pool2d(x, reconstruction_size)
+                targets.append(small.flatten(1).float().cpu().numpy())
     if not features:
         raise ValueError(f"{images.root}: none of the {len(images)} images could be read")
     return np.concatenate(features), (np.concatenate(targets) if reconstruction_size else None), skipped
@@ -86,7 +88,7 @@ def fit_feature_encoder(
         ids = sorted(rng.choice(len(images), max_train_images, replace=False).tolist())
     hasher = model.hasher
     features, targets, skipped = extract_features(
-        model, images, batch_size=config.batch_size, num_workers=config.num_workers, device=config.device,
+        model, images, batch_size=config.batch_size or 64, num_workers=config.num_workers, device=config.device,
         reconstruction_size=hasher.reconstruction_size, ids=ids, progress=progress)
     if hasher.iterative:
         hasher.fit(features, targets, device=config.device, epochs=config.epochs, progress=progress)

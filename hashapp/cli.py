@@ -83,7 +83,8 @@ def _train_options(fn):
         click.option("--backbone", default="small_cnn", help="Feature extractor (see `hashindex list`)."),
         click.option("--bits", type=click.IntRange(min=8), default=64, help="Code length, a multiple of 8."),
         click.option("--epochs", type=click.IntRange(min=1), default=10),
-        click.option("--batch-size", type=click.IntRange(min=2), default=64),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                     help="Training batch [default: 64; 32 for efficientnet_lite0, which stays under 3 GB]."),
         click.option("--lr", type=float, default=1e-3, help="Learning rate."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_CHOICES), default="constant",
@@ -95,6 +96,18 @@ def _train_options(fn):
                           "Helps codes of classes not trained on (1.0 in the seen/unseen benchmark)."),
         click.option("--seed", type=int, default=0),
         click.option("--device", default="auto", help="auto, cpu or cuda."),
+        # The four below default to None: the backbone's recipe (encoders.training.resolve_train_config) decides.
+        click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
+                     help="Backbone learning rate = lr x this [default: 0.1 with pretrained weights, else 1]."),
+        click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
+                     help="First epochs in which only the hash head trains [default: 0]."),
+        click.option("--freeze-early/--train-early", default=None,
+                     help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
+        click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
+                     help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
+        click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,
+                     help="Weight of a term making each bit on for half the batch (0 = off); "
+                          "spreads near-constant bits."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -102,12 +115,13 @@ def _train_options(fn):
 
 
 def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device, checkpoint_dir=None,
-                  resume=False):
+                  resume=False, **recipe):
     from encoders.training import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
                        augment=None if augment == "none" else augment, mixup=mixup, seed=seed, device=device,
-                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume)
+                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir), resume=resume,
+                       **recipe)
 
 
 @main.command()
@@ -121,7 +135,7 @@ def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Encoder file whose trained backbone this one starts from (e.g. a DLBHC model for HashNet).")
 def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, checkpoint_dir, resume, init_from):
+          seed, device, checkpoint_dir, resume, init_from, **recipe):
     """Train an encoder on IMAGE_DIR and save it to --out.
 
     Supervised methods need one sub-folder per class; unsupervised ones (lsh, itq, gan_hash, ...)
@@ -129,7 +143,7 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
     from .pipeline import train_encoder
 
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
-                           checkpoint_dir, resume)
+                           checkpoint_dir, resume, **recipe)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
                          init_trunk_from=init_from, progress=_progress())
     _echo_training_summary(path)
@@ -240,15 +254,22 @@ def search(index_dir, query_images, k, model_path, rerank, candidates, labels, a
 @click.option("--database", type=_EXISTING_DIR, default=None,
               help="Shards of the indexed codes (default: the ones the index was built from).")
 @click.option("-k", type=click.IntRange(min=1), default=8, help="Neighbours for P@k and voting.")
-@click.option("--map-k", type=click.IntRange(min=1), default=1000, help="Depth of mAP@k.")
+@click.option("--map-k", type=click.IntRange(min=1), default=1000,
+              help="Depth of mAP@k (the database size when smaller; the figure is named after the depth used).")
+@click.option("--unseen", default=None, metavar="CLASS,...",
+              help="Classes the encoder never saw: their queries are scored apart from the others'.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON.")
-def eval_cmd(index_dir, query_shards, database, k, map_k, out):
+def eval_cmd(index_dir, query_shards, database, k, map_k, unseen, out):
     """Score the index at INDEX_DIR with the labelled queries in QUERY_SHARDS."""
     from .query import evaluate_index
 
-    figures = evaluate_index(index_dir, query_shards, database=database, k=k, map_k=map_k)
-    for name, value in figures.items():
-        click.echo(f"{name:32s} {value:.4f}" if isinstance(value, float) else f"{name:32s} {value}")
+    unseen = [c.strip() for c in unseen.split(",") if c.strip()] if unseen else None
+    figures = evaluate_index(index_dir, query_shards, database=database, k=k, map_k=map_k, unseen=unseen)
+    for part, part_figures in (figures.items() if unseen else [(None, figures)]):
+        if part:
+            click.echo(f"[{part} classes]")
+        for name, value in part_figures.items():
+            click.echo(f"{name:32s} {value:.4f}" if isinstance(value, float) else f"{name:32s} {value}")
     if out:
         out.write_text(json.dumps(figures, indent=2))
 
@@ -264,15 +285,15 @@ def eval_cmd(index_dir, query_shards, database, k, map_k, out):
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build.")
 def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, spec, model_path, shard_size, resume):
+          seed, device, spec, model_path, shard_size, resume, **recipe):
     """Train, encode and index IMAGE_DIR in one go."""
     from . import pipeline
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
-                            batch_size=batch_size, resume=resume, method=method, backbone=backbone, bits=bits,
-                            progress=_progress(),
+                            batch_size=batch_size or 64, resume=resume, method=method, backbone=backbone,
+                            bits=bits, progress=_progress(),
                             config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-                                                 seed, device))
+                                                 seed, device, **recipe))
     if model_path is None:
         _echo_training_summary(result.model_path)
     click.echo(f"model {result.model_path}\nshards {result.shards_dir}\nindex {result.index_dir}: {result.index}")

@@ -51,6 +51,23 @@ def evaluate(
     return results
 
 
+def evaluate_split(index: HashIndex, query_codes: np.ndarray, query_labels: np.ndarray, database_codes: np.ndarray,
+                   database_labels: np.ndarray, unseen_labels, *, query_features: np.ndarray | None = None,
+                   **kwargs) -> dict[str, dict]:
+    """:func:`evaluate` on the queries of seen and of unseen classes apart: ``{"seen": ...,
+    "unseen": ...}``. ``unseen_labels`` are the labels of the classes the encoder never saw;
+    ``kwargs`` go to :func:`evaluate`."""
+    query_labels = np.asarray(query_labels)
+    unseen = np.isin(query_labels, np.asarray(list(unseen_labels)))
+    out = {}
+    for part, keep in (("seen", ~unseen), ("unseen", unseen)):
+        if not keep.any():
+            raise ValueError(f"no query of a {part} class: cannot score {part} classes apart")
+        out[part] = evaluate(index, query_codes[keep], query_labels[keep], database_codes, database_labels,
+                             query_features=None if query_features is None else query_features[keep], **kwargs)
+    return out
+
+
 def single_query_latency(index: HashIndex, query_codes: np.ndarray, k: int = 8, repeats: int = 200) -> dict:
     """Median and p99 wall time (ms) of one-query searches over up to ``repeats`` queries."""
     latency = time_single({"index": lambda q, kk: index.search(q, kk)}, query_codes, k, budget_s=math.inf,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +19,12 @@ import torch
 from encoders import create_encoder, load_encoder, save_encoder
 from encoders.checkpoint import check_made_by, load_trunk
 from encoders.data import list_images
-from encoders.encode import EncodeReport, encode_folder
+from encoders.encode import EncodeReport, encode_files, encode_folder
 from encoders.feature_hashing import is_feature_method
-from encoders.training import TrainConfig, train_model
+from encoders.training import TrainConfig, resolve_train_config, train_model
 from encoders.unsupervised import fit_feature_encoder
 
+from hashindex.code_health import CodeHealth, code_health
 from hashindex.index import HashIndex
 
 MODEL_FILE = "model.pt"
@@ -61,9 +63,26 @@ def train_encoder(
                            **(encoder_kwargs or {}))
     if init_trunk_from is not None:
         load_trunk(model, init_trunk_from)
+    config = resolve_train_config(model, config)
     history = train_model(model, images, config, progress=progress)
+    health = training_code_health(model, images, config, echo=print if progress else None)
     return save_encoder(model, out, class_names=images.classes,
-                        extra={"history": history, "train_config": asdict(config)})
+                        extra={"history": history, "train_config": asdict(config), "code_health": health.as_dict()})
+
+
+def training_code_health(model, images, config: TrainConfig, echo=None) -> CodeHealth:
+    """Encode the training ``images`` (no augmentation) and check their codes; ``echo`` gets
+    the summary, and collapsed codes raise a warning that names the flags that fix them."""
+    codes, _, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=config.batch_size,
+                                  device=config.device)
+    health = code_health(codes, model.bits)
+    if echo is not None:
+        echo(f"code health on the {health.images} training images: {health.summary()}")
+    for line in health.warnings():
+        warnings.warn(f"collapsed codes: {line}; a bit-balance term (--bit-balance 0.1) spreads near-constant "
+                      "bits, a quantisation term (--quantization 0.1) keeps relaxed bits off 0 (README, "
+                      "'Real photos')", stacklevel=2)
+    return health
 
 
 @dataclass

@@ -11,7 +11,7 @@ from hashindex.index import HashIndex
 from hashindex.store import ShardReader, read_store_info
 from hashindex.vote import majority_vote
 
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_split
 
 
 def recorded(index: HashIndex, key: str, given, what: str) -> Path:
@@ -130,14 +130,26 @@ class PathLookup:
         return self._shards[name]
 
 
-def evaluate_index(index_dir, query_shards, *, database=None, k: int = 8, map_k: int | None = 1000) -> dict:
+def evaluate_index(index_dir, query_shards, *, database=None, k: int = 8, map_k: int | None = 1000,
+                   unseen: "list[str] | None" = None) -> dict:
     """Score a saved index with labelled query shards; database codes for mAP come from the
-    shards the index was built from unless ``database`` names others."""
+    shards the index was built from unless ``database`` names others. mAP is named after the
+    depth used: ``map_k``, or the database size when smaller. ``unseen`` (class names of the
+    query shards) scores the queries of those classes and of the others apart:
+    ``{"seen": figures, "unseen": figures}``."""
     index = HashIndex.load(index_dir)
     db = ShardReader(recorded(index, "shards", database, "database shards (--database)")).read(("codes", "labels"))
     queries = ShardReader(query_shards)
     if queries.bits != index.bits:
         raise ValueError(f"{query_shards}: {queries.bits}-bit query codes for a {index.bits}-bit index")
     q = queries.read(("codes", "labels") + (("features",) if queries.feature_dim else ()))
-    return evaluate(index, q["codes"], q["labels"], db["codes"], db["labels"], k=k, map_k=map_k,
-                    query_features=q.get("features"))
+    depth = None if map_k is None else min(map_k, len(db["codes"]))
+    common = dict(k=k, map_k=depth, query_features=q.get("features"))
+    if not unseen:
+        return evaluate(index, q["codes"], q["labels"], db["codes"], db["labels"], **common)
+    names = queries.class_names
+    missing = [c for c in unseen if c not in names]
+    if missing:
+        raise ValueError(f"unseen class(es) {', '.join(missing)} not among the query classes: {', '.join(names)}")
+    return evaluate_split(index, q["codes"], q["labels"], db["codes"], db["labels"],
+                          [names.index(c) for c in unseen], **common)

@@ -37,6 +37,8 @@ LITE0_STAGES = (
     (1, 3, 1, 6, 192, 320),
 )
 STEM_CHANNELS = 32
+#: Blocks of the first three stages, whose maps are 112 to 28 px at 224 px input.
+EARLY_BLOCKS = 6
 HEAD_CHANNELS = 1280
 
 
@@ -90,6 +92,10 @@ class EfficientNetLite0(nn.Module):
     map, :meth:`classify` the ImageNet logits (while the classifier is kept)."""
 
     map_channels = HEAD_CHANNELS
+    #: Training batch when none is given: at 224 px, 32 images keep a CPU run under 3 GB.
+    default_batch_size = 32
+    #: Set by the builder when ImageNet (or other) weights were loaded.
+    pretrained = False
 
     def __init__(self, num_classes: int = 1000, input_size: int = 224, dropout: float = 0.2) -> None:
         super().__init__()
@@ -129,6 +135,11 @@ class EfficientNetLite0(nn.Module):
         parameter should be trainable from the hashing loss."""
         self._fc = None
 
+    def early_layers(self) -> list[nn.Module]:
+        """The stem and the first :data:`EARLY_BLOCKS` blocks (112 down to 28 px): generic
+        edges and textures, kept frozen when a pretrained backbone is fine-tuned."""
+        return [self._conv_stem, self._bn0, *self._blocks[:EARLY_BLOCKS]]
+
     def conv_trunk(self) -> nn.Module:
         """A module mapping images to :meth:`feature_map` (for bilinear pooling)."""
         return _FeatureMap(self)
@@ -139,6 +150,10 @@ class _FeatureMap(nn.Module):
         super().__init__()
         net.reset_classifier()
         self.net = net
+        self.pretrained, self.default_batch_size = net.pretrained, net.default_batch_size
+
+    def early_layers(self) -> list[nn.Module]:
+        return self.net.early_layers()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.feature_map(images)
@@ -171,6 +186,7 @@ def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, inpu
     if weights is None and pretrained:
         weights = packaged_weights_path()
     load_local_weights(net, weights, strict=True)
+    net.pretrained = weights is not None
     if not keep_classifier:
         net.reset_classifier()
     return net

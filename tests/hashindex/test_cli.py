@@ -104,12 +104,36 @@ def test_eval_and_index_and_encode(built, digits_folder, tmp_path):
     result = runner.invoke(main, ["eval", str(built / "index"), str(tmp_path / "q"), "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "m.json").read_text())
-    assert 0 <= figures["mAP@1000"] <= 1 and figures["queries"] == 120
+    # mAP is named after the depth used: the database holds 120 codes, fewer than the default 1000.
+    assert 0 <= figures["mAP@120"] <= 1 and figures["queries"] == 120 and "mAP@1000" not in figures
     # Queries equal to the indexed images: the top-1 neighbour is at distance 0, so P@8 is at least 1/8.
     assert figures["P@8"] >= 0.125
     result = runner.invoke(main, ["index", str(built / "shards"), "--spec", "HNSW8", "--out", str(tmp_path / "h")])
     assert result.exit_code == 0, result.output
     assert str(HashIndex.load(tmp_path / "h").spec) == "HNSW8"
+
+
+def test_eval_scores_unseen_classes_apart(built, digits_folder, tmp_path):
+    from hashindex.evaluate import evaluate
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["encode", str(digits_folder), "--model", str(built / "model.pt"),
+                                "--out", str(tmp_path / "q")]).exit_code == 0
+    result = runner.invoke(main, ["eval", str(built / "index"), str(tmp_path / "q"), "--unseen", "2,3", "--map-k", "50",
+                                  "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "[seen classes]" in result.output and "[unseen classes]" in result.output
+    figures = json.loads((tmp_path / "m.json").read_text())
+    assert figures["seen"]["queries"] == figures["unseen"]["queries"] == 60
+    # The unseen figures are those of evaluate() on the queries of classes 2 and 3 alone.
+    q = ShardReader(tmp_path / "q").read(("codes", "labels"))
+    db = ShardReader(built / "shards").read(("codes", "labels"))
+    keep = np.isin(q["labels"], [2, 3])
+    alone = evaluate(HashIndex.load(built / "index"), q["codes"][keep], q["labels"][keep], db["codes"], db["labels"],
+                     map_k=50)
+    assert figures["unseen"]["mAP@50"] == alone["mAP@50"] and figures["unseen"]["P@8"] == alone["P@8"]
+    bad = runner.invoke(main, ["eval", str(built / "index"), str(tmp_path / "q"), "--unseen", "7"])
+    assert bad.exit_code == 1 and "unseen class(es) 7 not among the query classes: 0, 1, 2, 3" in bad.output
 
 
 def test_bad_spec_is_a_clear_error(built, tmp_path):

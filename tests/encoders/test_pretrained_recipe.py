@@ -1,0 +1,155 @@
+"""The training defaults that depend on the backbone, and the switches behind them."""
+
+import pytest
+import torch
+
+from encoders import create_encoder
+from encoders.data import list_images
+from encoders.losses import add_code_terms, code_terms
+from encoders.training import PRETRAINED_RECIPE, TrainConfig, resolve_train_config, train_model
+from hashindex.pipeline import train_encoder, training_code_health
+
+#: EfficientNet-Lite0 with its ImageNet weights, at 32 px so that a CPU step is quick.
+LITE = dict(backbone="efficientnet_lite0", input_size=32)
+
+
+def _lite(method="dlbhc", pretrained=True):
+    torch.manual_seed(0)
+    return create_encoder(method, bits=16, num_classes=4, pretrained=pretrained, **LITE)
+
+
+def _snapshot(modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def _changed(before, modules):
+    return [not torch.equal(a, p) for a, p in zip(before, (p for m in modules for p in m.parameters()))]
+
+
+def test_pretrained_backbone_gets_the_pretrained_recipe():
+    config = resolve_train_config(_lite())
+    assert (config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
+        PRETRAINED_RECIPE["backbone_lr_scale"], PRETRAINED_RECIPE["warmup_epochs"], True)
+    assert config.batch_size == 32  # EfficientNet-Lite0's default batch
+    scratch = resolve_train_config(_lite(pretrained=False))
+    assert (scratch.backbone_lr_scale, scratch.freeze_early, scratch.batch_size) == (1.0, False, 32)
+    small = resolve_train_config(create_encoder("dlbhc", backbone="small_cnn", bits=16, num_classes=4))
+    assert (small.backbone_lr_scale, small.freeze_early, small.batch_size) == (1.0, False, 64)
+
+
+def test_explicit_values_win_and_staged_models_keep_their_schedule():
+    config = resolve_train_config(_lite(), TrainConfig(batch_size=8, backbone_lr_scale=0.5, warmup_epochs=2,
+                                                       freeze_early=False))
+    assert (config.batch_size, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (8, 0.5, 2, False)
+    bilinear = create_encoder("bilinear_hashnet", bits=16, num_classes=4, **LITE)
+    config = resolve_train_config(bilinear)
+    assert (config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (1.0, 0, True)
+
+
+def test_config_rejects_negative_values():
+    with pytest.raises(ValueError, match="backbone_lr_scale must be >= 0"):
+        TrainConfig(backbone_lr_scale=-1)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        TrainConfig(batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def images(digits_folder):
+    return list_images(digits_folder)
+
+
+def test_frozen_early_layers_and_zero_backbone_rate(images):
+    model = _lite()
+    early = model.backbone.early_layers()
+    late = [b for b in model.backbone._blocks[6:]]
+    before_early, before_late, before_head = _snapshot(early), _snapshot(late), _snapshot([model.latent])
+    train_model(model, images, TrainConfig(epochs=1, batch_size=60, backbone_lr_scale=0.0), progress=False)
+    assert not any(_changed(before_early, early)) and not any(_changed(before_late, late))
+    assert all(_changed(before_head, [model.latent]))
+    # Early layers stay in eval mode while frozen: their batch-norm statistics are the ImageNet ones.
+    assert torch.equal(early[1].running_mean, _lite().backbone.early_layers()[1].running_mean)
+
+    model = _lite()
+    before_early, before_late = _snapshot(early := model.backbone.early_layers()), _snapshot(model.backbone._blocks[6:])
+    train_model(model, images, TrainConfig(epochs=1, batch_size=60, freeze_early=False), progress=False)
+    assert any(_changed(before_early, early)) and any(_changed(before_late, model.backbone._blocks[6:]))
+
+
+def test_backbone_rate_is_scaled(images):
+    seen = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(sorted((g["lr"], len(g["params"])) for g in self.param_groups))
+            return super().step(closure)
+
+    model = _lite()
+    original, torch.optim.Adam = torch.optim.Adam, Spy
+    try:
+        train_model(model, images, TrainConfig(epochs=1, batch_size=60, lr=1e-3, backbone_lr_scale=0.1),
+                    progress=False)
+    finally:
+        torch.optim.Adam = original
+    (backbone_lr, _), (head_lr, head_params) = seen[0]
+    assert backbone_lr == pytest.approx(1e-4) and head_lr == pytest.approx(1e-3)
+    assert head_params == 4  # DLBHC's latent and classifier: weight and bias each
+
+
+def test_warmup_trains_only_the_head_first(images):
+    model = _lite()
+    backbone = [model.backbone]
+    snapshots = {}
+    before = _snapshot(backbone)
+    history = train_model(model, images, TrainConfig(epochs=2, batch_size=60, warmup_epochs=1), progress=False,
+                          on_epoch_end=lambda epoch, _: snapshots.setdefault(epoch, _snapshot(backbone)))
+    assert [h["stage"] for h in history] == ["warmup", "train"]
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshots[1]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, snapshots[2]))
+    with pytest.raises(ValueError, match="warmup_epochs .* must be fewer than epochs"):
+        train_model(_lite(), images, TrainConfig(epochs=1, warmup_epochs=1), progress=False)
+
+
+def test_code_terms_hand_worked():
+    b = torch.tensor([[1.0, -1.0], [1.0, 1.0], [0.5, 0.0]])
+    terms = code_terms(b, quantization=2.0, bit_balance=3.0)
+    # |b| - 1: 0, 0, 0, 0, -0.5, -1 -> squares sum 1.25 over 6.
+    assert terms["quantization"].item() == pytest.approx(2.0 * 1.25 / 6)
+    # Bit means 2.5 / 3 and 0: mean of squares (25 / 36) / 2.
+    assert terms["bit_balance"].item() == pytest.approx(3.0 * 25 / 72)
+    assert code_terms(b) == {}
+    total = add_code_terms({"loss": torch.tensor(1.0), "x": torch.tensor(1.0)}, b, bit_balance=3.0)
+    assert total["loss"].item() == pytest.approx(1 + 3.0 * 25 / 72) and "quantization" not in total
+
+
+def test_bit_balance_term_is_logged_and_spreads_the_bits(images):
+    model = create_encoder("dlbhc", backbone="small_cnn", width=4, feature_dim=12, input_size=16, bits=16,
+                           num_classes=4)
+    history = train_model(model, images, TrainConfig(epochs=1, batch_size=60, bit_balance=1.0, quantization=0.5),
+                          progress=False)
+    assert {"classification", "bit_balance", "quantization", "loss"} <= set(history[0])
+
+
+def test_collapsed_codes_warn(images):
+    model = create_encoder("dlbhc", backbone="small_cnn", width=4, feature_dim=12, input_size=16, bits=16,
+                           num_classes=4)
+    with torch.no_grad():
+        model.latent.weight.zero_()
+        model.latent.bias.fill_(-5.0)  # every bit off for every image
+    lines = []
+    with pytest.warns(UserWarning) as caught:
+        health = training_code_health(model, images, TrainConfig(batch_size=64, device="cpu"), echo=lines.append)
+    messages = [str(w.message) for w in caught]
+    assert any("only 1 distinct codes for 120 images" in m for m in messages)
+    assert any("16 of 16 bits are near-constant" in m and "--bit-balance" in m for m in messages)
+    assert health.distinct == 1 and "1/120 distinct codes" in lines[0]
+
+
+def test_model_file_records_the_resolved_recipe_and_code_health(tmp_path, digits_folder):
+    path = train_encoder(digits_folder, tmp_path / "m.pt", method="dlbhc", backbone="efficientnet_lite0", bits=16,
+                         config=TrainConfig(epochs=1, device="cpu"), encoder_kwargs={"input_size": 32},
+                         progress=False)
+    extra = torch.load(path, weights_only=True)["extra"]
+    config = extra["train_config"]
+    assert (config["batch_size"], config["backbone_lr_scale"], config["freeze_early"]) == (32, 0.1, True)
+    assert extra["code_health"]["images"] == 120 and len(extra["code_health"]["bit_balance"]) == 16
+    assert 0 < extra["code_health"]["mean_hamming"] <= 16
