@@ -42,7 +42,7 @@ import torch
 from encoders import load_encoder
 from encoders.encode import encode_folder
 from hashindex.code_health import code_health
-from hashindex.evaluate import evaluate_split
+from hashapp.evaluate import evaluate_split
 from hashindex.index import HashIndex
 from hashindex.store import ShardReader
 
@@ -135,7 +135,7 @@ def write_peak():
         out.write(kb)
 
 atexit.register(write_peak)
-from hashindex.cli import main
+from hashapp.cli import main
 sys.argv[0] = "hashindex"
 main()
 """

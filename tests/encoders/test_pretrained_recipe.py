@@ -7,7 +7,7 @@ from encoders import create_encoder
 from encoders.data import list_images
 from encoders.losses import add_code_terms, code_terms
 from encoders.training import PRETRAINED_RECIPE, TrainConfig, resolve_train_config, train_model
-from hashindex.pipeline import train_encoder, training_code_health
+from hashapp.pipeline import train_encoder, training_code_health
 
 #: EfficientNet-Lite0 with its ImageNet weights, at 32 px so that a CPU step is quick.
 LITE = dict(backbone="efficientnet_lite0", input_size=32)

@@ -114,7 +114,7 @@ def test_eval_and_index_and_encode(built, digits_folder, tmp_path):
 
 
 def test_eval_scores_unseen_classes_apart(built, digits_folder, tmp_path):
-    from hashindex.evaluate import evaluate
+    from hashapp.evaluate import evaluate
 
     runner = CliRunner()
     assert runner.invoke(main, ["encode", str(digits_folder), "--model", str(built / "model.pt"),
