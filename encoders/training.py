@@ -130,7 +130,7 @@ def resolve_train_config(model, config: TrainConfig | None = None) -> TrainConfi
     and no warm-up is added, unless asked for."""
     config = config or TrainConfig()
     recipe = dict(PRETRAINED_RECIPE if has_pretrained_backbone(model) else SCRATCH_RECIPE)
-    if config.stages or hasattr(model, "default_stages"):
+    if config.stages or model.default_stages(config.epochs):
         recipe.update(backbone_lr_scale=1.0, warmup_epochs=0)
     filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
     if config.batch_size is None:
