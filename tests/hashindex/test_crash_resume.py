@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from encoders import create_encoder, save_encoder
 from encoders.encode import SKIPPED_REPORT
 from hashindex import HashIndex, ShardReader
-from hashindex.datasets import load_digits_images, write_image_folder
 
 SHARD_SIZE = 16
 BATCH = 8
@@ -37,19 +35,14 @@ def _shard_files(shards: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, digits16_folder, save_tiny_encoder):
     """An image folder with three unreadable files, a tiny saved encoder, and an uninterrupted build."""
     root = tmp_path_factory.mktemp("crash")
-    images, labels = load_digits_images(size=16)
-    rows = np.concatenate([np.flatnonzero(labels == c)[:60] for c in range(4)])
-    folder = write_image_folder(images[rows], labels[rows], root / "images")
+    folder = Path(shutil.copytree(digits16_folder, root / "images"))
     good_png = (folder / "0" / "img000000.png").read_bytes()
     for name, payload in CORRUPT.items():
         (folder / name).write_bytes(good_png[: len(good_png) // 2] if payload is None else payload)
-    torch.manual_seed(0)
-    model = create_encoder("dlbhc", backbone="small_cnn", bits=32, num_classes=4, width=4, feature_dim=16,
-                           input_size=16)
-    save_encoder(model, root / "model.pt", class_names=["0", "1", "2", "3"])
+    save_tiny_encoder(root / "model.pt", 0)
     ref = root / "reference"
     proc = subprocess.Popen(_build_cmd(folder, root / "model.pt", ref, resume=False), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import create_encoder, save_encoder
 from hashindex import ShardReader
-from hashindex.datasets import load_digits_images, write_image_folder
 from hashindex.durable import DirectoryLock
 
 pytestmark = pytest.mark.slow  # about 20 CLI subprocesses (each imports torch): minutes on 2 cores
@@ -51,13 +49,6 @@ def _assert_one_error_line(result, *needles) -> str:
     return lines[0]
 
 
-def _model(path, seed, feature_dim=16):
-    torch.manual_seed(seed)
-    model = create_encoder("dlbhc", backbone="small_cnn", bits=32, num_classes=4, width=4,
-                           feature_dim=feature_dim, input_size=16)
-    return save_encoder(model, path, class_names=["0", "1", "2", "3"])
-
-
 def _assert_same_store(got: Path, want: Path) -> None:
     a, b = ShardReader(got), ShardReader(want)
     assert [(s["count"], s["first_id"]) for s in a.info.shards] == [(s["count"], s["first_id"]) for s in b.info.shards]
@@ -67,13 +58,11 @@ def _assert_same_store(got: Path, want: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, digits16_folder, save_tiny_encoder):
     """A 240-image folder, two models of the same width, and an uninterrupted encode."""
     root = tmp_path_factory.mktemp("rel-cli")
-    images, labels = load_digits_images(size=16)
-    rows = np.concatenate([np.flatnonzero(labels == c)[:60] for c in range(4)])
-    folder = write_image_folder(images[rows], labels[rows], root / "images")
-    model, other = _model(root / "model.pt", 0), _model(root / "other.pt", 1)
+    folder = digits16_folder
+    model, other = save_tiny_encoder(root / "model.pt", 0), save_tiny_encoder(root / "other.pt", 1)
     ref = root / "reference"
     result = _cli(*_encode_args(folder, model, ref))
     assert result.returncode == 0, result.stderr
