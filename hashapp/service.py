@@ -2,6 +2,10 @@
 
 Searches run concurrently (Faiss searches are thread-safe on an index nobody edits); an add or a
 remove takes the write side of a readers-writer lock, so no search ever sees a half-edited index.
+Other processes may edit the saved index too (``hashindex add`` / ``remove``): every edit runs
+under the index directory's lock on the latest saved version (:func:`hashindex.index.edit_saved`),
+and before each search the service checks the directory's ``CURRENT`` (one small file read) and
+loads the new version when another writer saved one.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import faiss
 import numpy as np
 
 from hashindex.codes import as_packed_codes
-from hashindex.index import HashIndex
+from hashindex.index import HashIndex, edit_saved
 
 from .query import PathLookup, class_name, load_index_model, query_results, recorded
-from .update import AddReport, append_records, remove_records, store_of
+from .update import AddReport, append_records, drop_records, store_of
 
 UPLOADS_DIR = "uploads"
 
@@ -90,11 +94,12 @@ class SearchService:
         self.limits = limits
         self.paths = PathLookup(self.index)
         self.lock = ReadWriteLock()
+        self._reload_lock = threading.Lock()
         self.started = time.time()
         # OpenMP thread counts are per thread: the request threads get the one set where the
         # service was made (`hashindex --threads N serve-http`) instead of one per core each.
         self.threads = faiss.omp_get_max_threads()
-        self.counts = {"searches": 0, "queries": 0, "adds": 0, "removes": 0}
+        self.counts = {"searches": 0, "queries": 0, "adds": 0, "removes": 0, "reloads": 0}
         self._count_lock = threading.Lock()
 
     # ------------------------------------------------------------------ inputs
@@ -146,9 +151,30 @@ class SearchService:
             raise BadRequest(f"codes: {exc}") from exc
 
     # ------------------------------------------------------------------ operations
+    def refresh(self) -> None:
+        """Load the saved index again if another process saved a new version since."""
+        if self.index.is_saved_as_current(self.index_dir):
+            return
+        # One reload at a time, none during this service's own edits (which save the new version
+        # themselves); searches arriving meanwhile wait here, then find the index current.
+        with self._reload_lock:
+            if self.index.is_saved_as_current(self.index_dir):
+                return
+            latest = HashIndex.load(self.index_dir)
+            with self.lock.writing():
+                self._use(latest)
+        self._count("reloads", 1)
+
+    def _use(self, index: HashIndex) -> None:
+        """Serve ``index`` from now on (the caller holds the write lock)."""
+        if index is not self.index:
+            self.index, self.paths = index, PathLookup(index)
+        index.features  # noqa: B018 - joins added feature chunks now, not inside concurrent searches
+
     def search(self, names: list[str], codes: np.ndarray, features: np.ndarray | None, *, k: int,
                candidates: int, labels=None) -> list[dict]:
         faiss.omp_set_num_threads(self.threads)
+        self.refresh()
         with self.lock.reading():
             try:
                 results = query_results(self.index, self.paths, names, codes, features, k=k,
@@ -176,14 +202,16 @@ class SearchService:
                 os.replace(tmp, path)
             paths.append(str(path))
         faiss.omp_set_num_threads(self.threads)
-        with self.lock.writing():
-            report = append_records(self.index, self.index_dir, codes, features, paths, [label] * len(paths))
+        with self._reload_lock, edit_saved(self.index_dir, self.index) as index, self.lock.writing():
+            report = append_records(index, codes, features, paths, [label] * len(paths))
+            self._use(index)
         self._count("adds", len(report.ids))
         return report
 
     def remove(self, ids=None, label: str | None = None) -> int:
-        with self.lock.writing():
-            removed = remove_records(self.index_dir, ids=ids, label=label, index=self.index)
+        with self._reload_lock, edit_saved(self.index_dir, self.index) as index, self.lock.writing():
+            removed = drop_records(index, ids=ids, label=label)
+            self._use(index)
         self._count("removes", removed)
         return removed
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import h5py
@@ -438,16 +440,29 @@ class HashIndex:
         self._forget_saved(directory, target.name)
         return target
 
+    @property
+    def unsaved_changes(self) -> bool:
+        """Whether codes were added or removed since this index was loaded or saved."""
+        return self._saved is None or len(self) != self._saved_rows or bool(self._removed_since_save)
+
+    def is_saved_as_current(self, directory) -> bool:
+        """Whether this index was loaded from (or saved as) the version ``directory`` holds now:
+        one read of its ``CURRENT`` file, cheap enough to check before every search."""
+        directory = Path(directory)
+        try:
+            return self._saved == (directory.resolve(), read_current(directory).name)
+        except (OSError, ShardError):
+            return False
+
     def _delta_chain(self, directory: Path) -> list[str] | None:
         """The chain a delta saved now would extend (the current version's), or None where a
         full save is due: another kind, another directory or version, a long chain, many changes."""
         if self.spec.kind not in DELTA_KINDS or self._saved is None:
             return None
+        if not self.is_saved_as_current(directory):
+            return None
         try:
-            current = read_current(directory)
-            if self._saved != (directory.resolve(), current.name):
-                return None
-            chain = version_chain(current)
+            chain = version_chain(read_current(directory))
         except ShardError:
             return None
         changes = len(self) - self._saved_rows + sum(len(r) for r in self._removed_since_save)
@@ -536,6 +551,26 @@ class HashIndex:
         if not (len(index._labels) == len(index._ids) == index._index.ntotal == meta["ntotal"]):
             raise ValueError(f"{target}: index and data files disagree on the number of codes")
         return index
+
+
+@contextmanager
+def edit_saved(directory, index: HashIndex | None = None, *, wait: float = 60.0) -> Iterator[HashIndex]:
+    """Edit the index saved in ``directory`` with no other writer in between:
+
+    >>> with edit_saved("my-index") as index:   # doctest: +SKIP
+    ...     index.add(codes, labels=labels)
+
+    The directory's lock is taken (waiting up to ``wait`` seconds for another writer); the block
+    gets the latest saved index (``index`` itself when it is that version, else a fresh load),
+    and what it changed is saved, as a delta where possible, before the lock is released. An
+    exception in the block saves nothing.
+    """
+    directory = Path(directory)
+    with DirectoryLock(directory, "index directory", wait=wait):
+        latest = index if index is not None and index.is_saved_as_current(directory) else HashIndex.load(directory)
+        yield latest
+        if latest.unsaved_changes:
+            latest.save_locked(directory, delta=True)
 
 
 def _read_data(path: Path, recorded: dict | None) -> dict[str, np.ndarray]:
