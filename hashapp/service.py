@@ -221,6 +221,7 @@ class SearchService:
         return Path(path) if path else None
 
     def stats(self) -> dict:
+        self.refresh()
         with self.lock.reading():
             labels, counts = np.unique(self.index.labels, return_counts=True)
             classes = {class_name(self.index, int(lab)) if lab >= 0 else "(unlabelled)": int(n)

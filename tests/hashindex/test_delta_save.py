@@ -1,6 +1,7 @@
 """Delta saves (issue #16): ``save(delta=True)`` writes only what changed since the saved version,
 a load replays the chain and gives back exactly the saved index, crashes and stale copies never
-lose a version, and the chain is compacted into a full version when it grows long."""
+lose a version, the chain is compacted into a full version when it grows long, and
+``edit_saved`` serialises writers on the latest version."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import hashindex.index as index_module
 from hashindex import HashIndex, ShardError
+from hashindex.durable import DirectoryLock, LockedError
+from hashindex.index import edit_saved
 from hashindex.index_dir import MARKER, read_current, version_chain
 from hashindex.rows import stored_codes
-from hashindex.testing import assert_same_knn, brute_force_knn
+from hashindex.testing import assert_same_knn, brute_force_knn, start_in_thread
 
 SPECS = ["flat", "IVF8,nprobe=8"]
 
@@ -212,3 +217,38 @@ def test_loads_succeed_while_another_process_saves_deltas(tmp_path):
     out, err = saver.communicate()
     assert saver.returncode == 0, err
     assert int(out.split()[-1]) > 10 and loads > 5 and len(sizes) > 2
+
+
+def test_edit_saved_waits_for_the_other_writer_and_edits_the_latest_version(tmp_path, rng):
+    ix = tmp_path / "ix"
+    _built(rng, "flat").save(ix)
+    stale = HashIndex.load(ix)
+    inside, release = threading.Event(), threading.Event()
+
+    def first_writer():
+        with edit_saved(ix) as index:
+            index.add(_codes(rng, 5), labels=[8] * 5, features=rng.normal(size=(5, 4)).astype(np.float32))
+            inside.set()
+            release.wait(30)
+
+    def second_writer():
+        with edit_saved(ix, stale, wait=30) as index:  # `stale` misses the first writer's records
+            index.add(_codes(rng, 3), labels=[9] * 3, features=rng.normal(size=(3, 4)).astype(np.float32))
+            return index
+
+    first, _ = start_in_thread(first_writer)
+    assert inside.wait(30)
+    second, outcome = start_in_thread(second_writer)
+    time.sleep(0.3)
+    assert second.is_alive()  # waiting for the lock
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert outcome["result"] is not stale and len(outcome["result"]) == 408
+    saved = HashIndex.load(ix)
+    assert (saved.labels == 8).sum() == 5 and (saved.labels == 9).sum() == 3 and len(saved) == 408
+    assert _files(read_current(ix)) == ["delta.h5", "meta.json"]
+    with DirectoryLock(ix, "index directory"):
+        with pytest.raises(LockedError, match="another process is writing this index directory"):
+            with edit_saved(ix, wait=0.1):
+                pass
