@@ -78,6 +78,7 @@ class HashIndex:
         self._labels = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
         self._ids_are_rows = True
+        self._id_order: np.ndarray | None = None  # argsort of the ids, kept between lookups
         self._feature_chunks: list[np.ndarray] = []
         self._forget_saved()
 
@@ -188,6 +189,7 @@ class HashIndex:
         self._labels = np.concatenate([self._labels, labels])
         self._ids_are_rows = self._ids_are_rows and bool(np.array_equal(ids, np.arange(len(self._ids), len(self._ids) + n)))
         self._ids = np.concatenate([self._ids, ids])
+        self._id_order = None
         if feats is not None:
             self._feature_chunks.append(feats)
 
@@ -256,6 +258,7 @@ class HashIndex:
         self._labels, self._ids = self._labels[keep], self._ids[keep]
         self._feature_chunks = [] if features is None else [features[keep]]
         self._ids_are_rows = bool(np.array_equal(self._ids, np.arange(len(self._ids))))
+        self._id_order = None
         return len(rows)
 
     @classmethod
@@ -392,7 +395,9 @@ class HashIndex:
             return np.full(ids.shape, -1, dtype=np.int64)
         if self._ids_are_rows:
             return np.where((ids >= 0) & (ids < len(self._ids)), ids, -1)
-        order = np.argsort(self._ids)
+        if self._id_order is None:  # sorting 1M ids per search cost more than the search
+            self._id_order = np.argsort(self._ids)
+        order = self._id_order
         pos = np.searchsorted(self._ids, ids, sorter=order)
         rows = order[np.minimum(pos, len(order) - 1)]
         return np.where((ids >= 0) & (self._ids[rows] == ids), rows, -1)
@@ -448,11 +453,15 @@ class HashIndex:
     def is_saved_as_current(self, directory) -> bool:
         """Whether this index was loaded from (or saved as) the version ``directory`` holds now:
         one read of its ``CURRENT`` file, cheap enough to check before every search."""
+        if self._saved is None:
+            return False
         directory = Path(directory)
         try:
-            return self._saved == (directory.resolve(), read_current(directory).name)
+            if read_current(directory).name != self._saved[1]:
+                return False
         except (OSError, ShardError):
             return False
+        return directory == self._saved[0] or directory.resolve() == self._saved[0]
 
     def _delta_chain(self, directory: Path) -> list[str] | None:
         """The chain a delta saved now would extend (the current version's), or None where a
