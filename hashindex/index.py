@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -466,9 +465,7 @@ class HashIndex:
     def _delta_chain(self, directory: Path) -> list[str] | None:
         """The chain a delta saved now would extend (the current version's), or None where a
         full save is due: another kind, another directory or version, a long chain, many changes."""
-        if self.spec.kind not in DELTA_KINDS or self._saved is None:
-            return None
-        if not self.is_saved_as_current(directory):
+        if self.spec.kind not in DELTA_KINDS or not self.is_saved_as_current(directory):
             return None
         try:
             chain = version_chain(read_current(directory))
