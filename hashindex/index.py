@@ -423,11 +423,11 @@ class HashIndex:
         chain = self._delta_chain(directory) if delta else None
         if chain is None:
             files, fields = {"index.faiss": faiss.serialize_index_binary(self._index).tobytes()}, {}
-            start, removed = 0, np.empty(0, np.int64)
+            files["data.h5"] = self._data_image(0)
         else:
             files, fields = {}, {"chain": chain}
-            start, removed = self._saved_rows, np.concatenate([np.empty(0, np.int64), *self._removed_since_save])
-        files["data.h5" if chain is None else "delta.h5"] = self._data_image(start, removed)
+            removed = np.concatenate([np.empty(0, np.int64), *self._removed_since_save])
+            files["delta.h5"] = self._data_image(self._saved_rows, removed)
         checksums = {}
         for name, data in files.items():
             (target / name).write_bytes(data)  # a full disk raises OSError here
@@ -476,11 +476,11 @@ class HashIndex:
             return None
         return chain
 
-    def _data_image(self, start: int, removed: np.ndarray) -> bytes:
-        """The HDF5 image of rows ``start ..`` (labels, ids, features; with ``start > 0`` their
-        codes and the ``removed`` ids too: a delta)."""
+    def _data_image(self, start: int, removed: np.ndarray | None = None) -> bytes:
+        """The HDF5 image of rows ``start ..`` (labels, ids, features); a delta's (``removed``
+        given) holds their codes and the ``removed`` ids too."""
         f = memory_hdf5("data.h5")
-        if start:
+        if removed is not None:
             f.create_dataset("removed", data=removed)
             f.create_dataset("codes", data=codes_from_row(self._index, self.spec, start)[:, : self.bits // 8])
         f.create_dataset("labels", data=self._labels[start:])

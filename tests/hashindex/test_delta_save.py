@@ -252,3 +252,18 @@ def test_edit_saved_waits_for_the_other_writer_and_edits_the_latest_version(tmp_
         with pytest.raises(LockedError, match="another process is writing this index directory"):
             with edit_saved(ix, wait=0.1):
                 pass
+
+
+def test_an_empty_index_and_a_change_of_search_parameters_round_trip(tmp_path, rng):
+    empty = HashIndex(64, "IVF8,nprobe=2")
+    empty.save(tmp_path / "empty")
+    loaded = HashIndex.load(tmp_path / "empty")
+    loaded.set_search_params(nprobe=8)
+    loaded.save(tmp_path / "empty", delta=True)
+    again = HashIndex.load(tmp_path / "empty")
+    assert len(again) == 0 and str(again.spec) == "IVF8,nprobe=8"
+    index = _built(rng, "IVF8,nprobe=2")
+    index.save(tmp_path / "ix")
+    index.set_search_params(nprobe=8)
+    assert _files(index.save(tmp_path / "ix", delta=True)) == ["delta.h5", "meta.json"]
+    assert HashIndex.load(tmp_path / "ix").faiss_index.nprobe == 8
