@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -22,7 +20,7 @@ from hashindex.durable import DirectoryLock, LockedError
 from hashindex.index import edit_saved
 from hashindex.index_dir import MARKER, read_current, version_chain
 from hashindex.rows import stored_codes
-from hashindex.testing import assert_same_knn, brute_force_knn, start_in_thread
+from hashindex.testing import assert_same_knn, brute_force_knn, load_while_saving, start_in_thread
 
 SPECS = ["flat", "IVF8,nprobe=8"]
 
@@ -203,20 +201,15 @@ _DELTA_LOOP = textwrap.dedent("""
 
 
 def test_loads_succeed_while_another_process_saves_deltas(tmp_path):
-    ix = tmp_path / "ix"
-    saver = subprocess.Popen([sys.executable, "-c", _DELTA_LOOP, str(ix), "4"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert saver.stdout.readline().strip() == "ready", saver.stderr.read()
-    loads, sizes = 0, set()
-    while saver.poll() is None:
-        index = HashIndex.load(ix)
+    sizes = set()
+
+    def check(index):
         step = (len(index) - 3000) // 4  # each step adds 7 and removes 3
         assert len(index) == 3000 + 4 * step and (index.labels == 1).sum() == 7 * step
         sizes.add(len(index))
-        loads += 1
-    out, err = saver.communicate()
-    assert saver.returncode == 0, err
-    assert int(out.split()[-1]) > 10 and loads > 5 and len(sizes) > 2
+
+    loads, saves = load_while_saving(_DELTA_LOOP, tmp_path / "ix", 4, check)
+    assert saves > 10 and loads > 5 and len(sizes) > 2
 
 
 def test_edit_saved_waits_for_the_other_writer_and_edits_the_latest_version(tmp_path, rng):
