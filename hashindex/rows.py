@@ -44,8 +44,6 @@ def codes_from_row(index: faiss.IndexBinary, spec: IndexSpec, start: int) -> np.
     n, width = index.ntotal - start, index.code_size
     if spec.kind == "flat":
         return faiss.rev_swig_ptr(index.xb.data(), index.ntotal * width)[start * width :].reshape(n, width).copy()
-    if spec.kind not in ("IVF", "IVF_HNSW"):
-        return stored_codes(index, spec)[start:]
     out = np.empty((n, width), dtype=np.uint8)
     for rows, codes in _inverted_lists(index):
         recent = rows >= start

@@ -26,5 +26,5 @@ from .reader import ShardReader
 from .writer import ShardWriter
 
 __all__ = ["FIELDS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "SHARD_PATTERN", "Shard", "ShardError",
-           "ShardReader", "ShardWriter", "StoreInfo", "extend_class_names", "merge_store", "read_shard_attrs", "remove_from_store", "read_store_info",
-           "write_store_info"]
+           "ShardReader", "ShardWriter", "StoreInfo", "extend_class_names", "merge_store", "read_shard_attrs",
+           "read_store_info", "remove_from_store", "write_store_info"]

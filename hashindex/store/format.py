@@ -46,6 +46,12 @@ class Shard:
         return len(self.codes)
 
 
+def last_id(entry: dict) -> int:
+    """The largest id of a manifest's shard entry (ids increase through a store, with gaps where
+    images were skipped)."""
+    return entry.get("last_id", entry["first_id"] + entry["count"] - 1)
+
+
 @dataclass
 class StoreInfo:
     """What the manifest records about a store."""
@@ -67,7 +73,7 @@ class StoreInfo:
     @property
     def next_id(self) -> int:
         # last_id, not first_id + count: ids may have gaps (skipped images) inside a shard.
-        return max((s.get("last_id", s["first_id"] + s["count"] - 1) + 1 for s in self.shards), default=0)
+        return max((last_id(s) + 1 for s in self.shards), default=0)
 
     def to_json(self) -> dict:
         removals = {"removed_ids": list(self.removed_ids)} if self.removed_ids else {}

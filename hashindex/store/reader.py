@@ -12,7 +12,7 @@ import numpy as np
 
 from ..durable import TMP_SUFFIX
 from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, check_data_crc, corrupt_shard_error,
-                     decode_paths, read_checked, read_shard_attrs, read_store_info)
+                     decode_paths, last_id, read_checked, read_shard_attrs, read_store_info)
 
 
 class ShardReader:
@@ -70,8 +70,8 @@ class ShardReader:
 
     def _removed_in(self, entry: dict) -> int:
         """Removed ids within a shard's id range (ids increase through the store, so all are its own)."""
-        last = entry.get("last_id", entry["first_id"] + entry["count"] - 1)
-        return int(np.searchsorted(self.removed, last, "right") - np.searchsorted(self.removed, entry["first_id"]))
+        return int(np.searchsorted(self.removed, last_id(entry), "right")
+                   - np.searchsorted(self.removed, entry["first_id"]))
 
     def _check_shards(self) -> None:
         for entry, path in zip(self.entries, self.shard_paths):

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..durable import DirectoryLock
-from .format import read_store_info, write_store_info
+from .format import last_id, read_store_info, write_store_info
 from .reader import ShardReader
 
 
@@ -22,8 +22,7 @@ def remove_from_store(directory: "str | os.PathLike", ids) -> int:
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     with DirectoryLock(directory, "shard store"):
         info = read_store_info(directory)
-        ranges = [(e["file"], e["first_id"], e.get("last_id", e["first_id"] + e["count"] - 1)) for e in info.shards]
-        files = [name for name, first, last in ranges if ((ids >= first) & (ids <= last)).any()]
+        files = [e["file"] for e in info.shards if ((ids >= e["first_id"]) & (ids <= last_id(e))).any()]
         held = ShardReader(directory, files=files).read(["ids"])["ids"] if files else np.empty(0, np.int64)
         new = np.intersect1d(ids, held)  # the reader already leaves out ids removed before
         if len(new):
