@@ -15,6 +15,7 @@ import io
 import os
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 
 from hashindex.codes import as_packed_codes
 from hashindex.index import HashIndex, edit_saved
+from hashindex.index_dir import read_current
+from hashindex.store import ShardError
 
 from .query import PathLookup, class_name, load_index_model, query_results, recorded
 from .update import AddReport, append_records, drop_records, store_of
@@ -95,6 +98,7 @@ class SearchService:
         self.paths = PathLookup(self.index)
         self.lock = ReadWriteLock()
         self._reload_lock = threading.Lock()
+        self._unloadable: str | None = None  # a saved version that failed to load, not tried again
         self.started = time.time()
         # OpenMP thread counts are per thread: the request threads get the one set where the
         # service was made (`hashindex --threads N serve-http`) instead of one per core each.
@@ -170,7 +174,8 @@ class SearchService:
 
     # ------------------------------------------------------------------ operations
     def refresh(self) -> None:
-        """Load the saved index again if another process saved a new version since."""
+        """Load the saved index again if another process saved a new version since. A version
+        that fails to load is reported once and skipped: the service keeps the index it has."""
         if self.index.is_saved_as_current(self.index_dir):
             return
         # One reload at a time, none during this service's own edits (which save the new version
@@ -178,7 +183,16 @@ class SearchService:
         with self._reload_lock:
             if self.index.is_saved_as_current(self.index_dir):
                 return
-            latest = HashIndex.load(self.index_dir)
+            current = None
+            try:
+                current = read_current(self.index_dir).name
+                latest = None if current == self._unloadable else HashIndex.load(self.index_dir)
+            except (OSError, ShardError) as exc:
+                self._unloadable, latest = current, None
+                warnings.warn(f"serving the index loaded before: the version saved since does not load ({exc})",
+                              stacklevel=2)
+            if latest is None:
+                return
             with self.lock.writing():
                 self._use(latest)
         self._count("reloads", 1)

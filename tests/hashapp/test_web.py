@@ -191,3 +191,23 @@ def test_a_cli_add_while_the_server_serves_and_adds_loses_nothing(tiny_build, ne
         size = 7 if label == "cli1" else 6
         assert served[label] == size and (saved.labels == saved.class_names.index(label)).sum() == size
     assert len(ShardReader(tiny_build / "shards")) == 145  # the store holds each batch once
+
+
+def test_a_saved_version_that_does_not_load_is_reported_once_and_the_service_keeps_serving(tiny_build):
+    import warnings
+
+    index_dir = tiny_build / "index"
+    service = SearchService(index_dir)
+    writer = HashIndex.load(index_dir)
+    writer.remove([0])
+    broken = writer.save(index_dir, delta=True)
+    (broken / "delta.h5").write_bytes(b"junk")
+    with pytest.warns(UserWarning, match=r"the version saved since does not load .*delta\.h5"):
+        assert service.stats()["ntotal"] == 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert service.stats()["ntotal"] == 120  # not loaded again
+    writer.remove([1])
+    writer.save(index_dir)
+    stats = service.stats()
+    assert stats["ntotal"] == 118 and stats["served"]["reloads"] == 1
