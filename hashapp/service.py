@@ -3,7 +3,7 @@
 Searches run concurrently (Faiss searches are thread-safe on an index nobody edits); an add or a
 remove takes the write side of a readers-writer lock, so no search ever sees a half-edited index.
 Other processes may edit the saved index too (``hashindex add`` / ``remove``): every edit runs
-under the index directory's lock on the latest saved version (:func:`hashindex.index.edit_saved`),
+under the index directory's lock on the latest saved version (:func:`hashindex.persistence.edit_saved`),
 and before each search the service checks the directory's ``CURRENT`` (one small file read) and
 loads the new version when another writer saved one.
 """
@@ -24,7 +24,8 @@ import faiss
 import numpy as np
 
 from hashindex.codes import as_packed_codes
-from hashindex.index import HashIndex, edit_saved
+from hashindex.index import HashIndex
+from hashindex.persistence import edit_saved
 from hashindex.index_dir import read_current
 from hashindex.store import ShardError
 

@@ -6,7 +6,7 @@ index with the new codes added. A removal marks the records removed in the store
 :mod:`hashindex.store.removal`: an index rebuilt from the store leaves them out too), then
 removes them from the index. Nothing already stored is re-encoded, and a flat or IVF index is
 neither rebuilt nor rewritten: its save is a delta version holding only the change (see
-:meth:`HashIndex.save`). Each edit runs inside :func:`~hashindex.index.edit_saved`: under the
+:meth:`HashIndex.save`). Each edit runs inside :func:`~hashindex.persistence.edit_saved`: under the
 index directory's lock, on the latest saved version, so two writers (a CLI ``add`` and a
 running ``serve-http``) never lose each other's change.
 """
@@ -21,7 +21,8 @@ from typing import Sequence
 import click
 import numpy as np
 
-from hashindex.index import HashIndex, edit_saved
+from hashindex.index import HashIndex
+from hashindex.persistence import edit_saved
 from hashindex.store import ShardWriter, extend_class_names, read_store_info, remove_from_store
 
 

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-import hashindex.index as index_module
+import hashindex.persistence as persistence
 from hashindex import HashIndex, ShardError
 from hashindex.durable import DirectoryLock, LockedError
-from hashindex.index import edit_saved
+from hashindex.persistence import edit_saved, load_chain
 from hashindex.index_dir import MARKER, read_current, version_chain
 from hashindex.rows import stored_codes
 from hashindex.testing import assert_same_knn, brute_force_knn, load_while_saving, start_in_thread
@@ -86,7 +86,7 @@ def test_deltas_chain_and_reloaded_copies_extend_the_chain(tmp_path, rng, spec):
 
 
 def test_a_long_chain_or_a_large_change_is_compacted_into_a_full_version(tmp_path, rng, monkeypatch):
-    monkeypatch.setattr(index_module, "MAX_DELTAS", 2)
+    monkeypatch.setattr(persistence, "MAX_DELTAS", 2)
     index = _built(rng, "flat")
     index.save(tmp_path / "ix")
     kinds = []
@@ -132,7 +132,7 @@ def test_versions_a_reader_may_be_opening_and_their_chains_are_kept(tmp_path, rn
     marker = json.loads((tmp_path / "ix" / MARKER).read_text())["versions"]
     assert sorted(marker) == sorted(chain + [compacted.name])
     assert sorted(p.name for p in (tmp_path / "ix").glob("v-*")) == sorted(marker)
-    old = HashIndex._load_chain(tmp_path / "ix", previous, None, "cpu")
+    old = load_chain(HashIndex, tmp_path / "ix", previous, None, "cpu")
     np.testing.assert_array_equal(old.ids, index.ids)
     index.save(tmp_path / "ix")  # now only the compacted version is the one replaced
     assert sorted(p.name for p in (tmp_path / "ix").glob("v-*")) == sorted(
@@ -148,7 +148,7 @@ def test_a_delta_save_dying_before_the_swap_leaves_the_previous_version(tmp_path
     def crash(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module, "publish_version", crash)
+    monkeypatch.setattr(persistence, "publish_version", crash)
     with pytest.raises(OSError, match="disk full"):
         index.save(tmp_path / "ix", delta=True)
     monkeypatch.undo()
