@@ -10,8 +10,10 @@ One run, one JSON (``benchmarks/results/service.json``) and a markdown summary b
 - ``concurrent``: ``--concurrent`` requests from a bounded pool of ``--clients`` threads, each a
   different query image; every answer must equal that image's sequential answer.
 - ``add``: ``add_images`` of a ``--new-class``-image folder (a new class) into the saved index,
-  for flat and IVF, vs rebuilding the index from its store (what a full index rewrite costs;
-  a full re-encode would cost far more, extrapolated from the measured encode rate).
+  for flat and IVF, vs rebuilding the index from its store (a full re-encode would cost far
+  more, extrapolated from the measured encode rate); the bytes it wrote (index version + store
+  shard and manifest); and the save step alone for as many codes again: a delta save against a
+  full save (seconds and bytes), on the same index.
 
 The store holds the 1,797 sklearn digits (encoded by the model, with their image files) followed by
 synthetic clustered codes up to ``--codes``. The encoder is an untrained DLBHC small CNN: latency
@@ -39,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex import HashIndex, ShardWriter
+from hashindex import HashIndex, ShardWriter, read_store_info
+from hashindex.index_dir import read_current
+from hashindex.store import MANIFEST
 from hashindex.datasets import load_digits_images, synthetic_codes, write_image_folder
 from hashindex.timing import environment, timed
 
@@ -199,16 +203,32 @@ def add_cost(work: Path, store: Path, model_path: Path, new_class: Path, spec: s
     _, rebuild_s = timed(lambda: index_shards(own_store, index_dir, spec=spec, model_path=model_path, progress=False))
     ntotal = len(HashIndex.load(index_dir))
     report, add_s = timed(lambda: add_images(index_dir, [new_class], label="new"))
-    index, load_s = timed(lambda: HashIndex.load(index_dir))
-    _, save_s = timed(lambda: index.save(index_dir))
+    info = read_store_info(own_store)
+    store_bytes = (own_store / info.shards[-1]["file"]).stat().st_size + (own_store / MANIFEST).stat().st_size
+    added_version = read_current(index_dir)
+    index_bytes, index_files = _bytes(added_version), sorted(p.name for p in added_version.iterdir())
+    index, load_s = timed(lambda: HashIndex.load(index_dir))  # replays the delta
+    n = len(report.ids)
+    rng = np.random.default_rng(1)
+    index.add(rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8), labels=np.zeros(n, int))
+    delta, delta_s = timed(lambda: index.save(index_dir, delta=True))
+    index.add(rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8), labels=np.zeros(n, int))
+    full, full_s = timed(lambda: index.save(index_dir))
     files = sorted(str(p) for p in new_class.rglob("*.png"))
     model = load_encoder(model_path)
     _, encode_s = timed(lambda: encode_files(model, files))
-    return {"spec": spec, "ntotal_before": ntotal, "added": len(report.ids), "new_classes": report.new_classes,
-            "add_images_s": add_s, "index_load_s": load_s, "index_save_s": save_s,
+    return {"spec": spec, "ntotal_before": ntotal, "added": n, "new_classes": report.new_classes,
+            "add_images_s": add_s, "add_index_bytes": index_bytes, "add_store_bytes": store_bytes,
+            "add_index_files": index_files,
+            "index_load_s": load_s, "delta_save_s": delta_s, "delta_save_bytes": _bytes(delta),
+            "full_save_s": full_s, "full_save_bytes": _bytes(full),
             "full_rebuild_from_store_s": rebuild_s, "rebuild_over_add": rebuild_s / add_s,
             "encode_images_per_s": len(files) / encode_s,
             "full_reencode_s_extrapolated": ntotal / (len(files) / encode_s)}
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
 
 
 def run(codes: int, rounds: int, per_round: int, n_concurrent: int, clients: int, new_class_size: int,
@@ -267,9 +287,13 @@ def summary(payload: dict) -> str:
              f"{c['requests_per_s']:.0f} requests/s) |"]
     for a in payload["add"]:
         lines.append(f"| add {a['added']} images (new class) into {a['spec']}, {a['ntotal_before']:,} codes | "
-                     f"{a['add_images_s']:.2f} s (index save {a['index_save_s']:.2f} s, load "
-                     f"{a['index_load_s']:.2f} s) vs rebuild from store {a['full_rebuild_from_store_s']:.2f} s; "
-                     f"full re-encode ~{a['full_reencode_s_extrapolated']:.0f} s (extrapolated) |")
+                     f"{a['add_images_s']:.2f} s, wrote {a['add_index_bytes']:,} B of index and "
+                     f"{a['add_store_bytes']:,} B of store (load after it {a['index_load_s']:.2f} s) vs rebuild "
+                     f"from store {a['full_rebuild_from_store_s']:.2f} s; full re-encode "
+                     f"~{a['full_reencode_s_extrapolated']:.0f} s (extrapolated) |")
+        lines.append(f"| save of {a['added']} more codes into {a['spec']}: delta vs full | "
+                     f"{a['delta_save_s'] * 1e3:.1f} ms, {a['delta_save_bytes']:,} B vs "
+                     f"{a['full_save_s'] * 1e3:.1f} ms, {a['full_save_bytes']:,} B |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,10 @@
 
 Searches run concurrently (Faiss searches are thread-safe on an index nobody edits); an add or a
 remove takes the write side of a readers-writer lock, so no search ever sees a half-edited index.
+Other processes may edit the saved index too (``hashindex add`` / ``remove``): every edit runs
+under the index directory's lock on the latest saved version (:func:`hashindex.persistence.edit_saved`),
+and before each search the service checks the directory's ``CURRENT`` (one small file read) and
+loads the new version when another writer saved one.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import io
 import os
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +25,12 @@ import numpy as np
 
 from hashindex.codes import as_packed_codes
 from hashindex.index import HashIndex
+from hashindex.persistence import edit_saved
+from hashindex.index_dir import read_current
+from hashindex.store import ShardError
 
 from .query import PathLookup, class_name, load_index_model, query_results, recorded
-from .update import AddReport, append_records, remove_records, store_of
+from .update import AddReport, append_records, drop_records, store_of
 
 UPLOADS_DIR = "uploads"
 
@@ -82,19 +90,21 @@ class SearchService:
 
     def __init__(self, index_dir: "str | os.PathLike", *, model_path=None, limits: Limits = Limits(),
                  device: str = "cpu") -> None:
-        self.index_dir = Path(index_dir)
+        self.index_dir = Path(index_dir).resolve()  # resolved once: checked before every search
         self.index = HashIndex.load(self.index_dir)
         self.model_path = recorded(self.index, "model", model_path, "encoder file (--model)")
         self.model = load_index_model(self.index, self.model_path, f"index {self.index_dir}")
-        self.device = device
+        self._prepare_model(device)
         self.limits = limits
         self.paths = PathLookup(self.index)
         self.lock = ReadWriteLock()
+        self._reload_lock = threading.Lock()
+        self._unloadable: str | None = None  # a saved version that failed to load, not tried again
         self.started = time.time()
         # OpenMP thread counts are per thread: the request threads get the one set where the
         # service was made (`hashindex --threads N serve-http`) instead of one per core each.
         self.threads = faiss.omp_get_max_threads()
-        self.counts = {"searches": 0, "queries": 0, "adds": 0, "removes": 0}
+        self.counts = {"searches": 0, "queries": 0, "adds": 0, "removes": 0, "reloads": 0}
         self._count_lock = threading.Lock()
 
     # ------------------------------------------------------------------ inputs
@@ -114,10 +124,28 @@ class SearchService:
                 raise BadRequest(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
         return images
 
-    def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
-        from encoders.encode import encode_images
+    def _prepare_model(self, device: str) -> None:
+        """Put the model on its device in eval mode once (per request it cost 2 ms at 1M codes)."""
+        from encoders.data import image_transform
+        from encoders.training import resolve_device
 
-        return encode_images(self.model, images, device=self.device)
+        self.device = resolve_device(device)
+        self.model.to(self.device).eval()
+        self._transform = image_transform(self.model.input_cfg)
+
+    def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """Packed codes and F7 features of decoded images."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode(torch.stack([self._transform(im) for im in images]).to(self.device))
+
+    def search_uploads(self, uploads: list[tuple[str, bytes]], *, k: int, candidates: int, rerank: bool,
+                       labels=None) -> list[dict]:
+        """Decode, encode and search uploaded images: one call, so one thread hop per request."""
+        codes, features = self.encode(self.decode(uploads))
+        return self.search([name for name, _ in uploads], codes, features if rerank else None, k=k,
+                           candidates=candidates, labels=labels)
 
     def check_search(self, k, rerank: bool, candidates) -> tuple[int, int]:
         k, candidates = _positive_int(k, "k"), _positive_int(candidates, "candidates")
@@ -146,9 +174,40 @@ class SearchService:
             raise BadRequest(f"codes: {exc}") from exc
 
     # ------------------------------------------------------------------ operations
+    def refresh(self) -> None:
+        """Load the saved index again if another process saved a new version since. A version
+        that fails to load is reported once and skipped: the service keeps the index it has."""
+        if self.index.is_saved_as_current(self.index_dir):
+            return
+        # One reload at a time, none during this service's own edits (which save the new version
+        # themselves); searches arriving meanwhile wait here, then find the index current.
+        with self._reload_lock:
+            if self.index.is_saved_as_current(self.index_dir):
+                return
+            current = None
+            try:
+                current = read_current(self.index_dir).name
+                latest = None if current == self._unloadable else HashIndex.load(self.index_dir)
+            except (OSError, ShardError) as exc:
+                self._unloadable, latest = current, None
+                warnings.warn(f"serving the index loaded before: the version saved since does not load ({exc})",
+                              stacklevel=2)
+            if latest is None:
+                return
+            with self.lock.writing():
+                self._use(latest)
+        self._count("reloads", 1)
+
+    def _use(self, index: HashIndex) -> None:
+        """Serve ``index`` from now on (the caller holds the write lock)."""
+        if index is not self.index:
+            self.index, self.paths = index, PathLookup(index)
+        index.features  # noqa: B018 - joins added feature chunks now, not inside concurrent searches
+
     def search(self, names: list[str], codes: np.ndarray, features: np.ndarray | None, *, k: int,
                candidates: int, labels=None) -> list[dict]:
         faiss.omp_set_num_threads(self.threads)
+        self.refresh()
         with self.lock.reading():
             try:
                 results = query_results(self.index, self.paths, names, codes, features, k=k,
@@ -176,14 +235,16 @@ class SearchService:
                 os.replace(tmp, path)
             paths.append(str(path))
         faiss.omp_set_num_threads(self.threads)
-        with self.lock.writing():
-            report = append_records(self.index, self.index_dir, codes, features, paths, [label] * len(paths))
+        with self._reload_lock, edit_saved(self.index_dir, self.index) as index, self.lock.writing():
+            report = append_records(index, codes, features, paths, [label] * len(paths))
+            self._use(index)
         self._count("adds", len(report.ids))
         return report
 
     def remove(self, ids=None, label: str | None = None) -> int:
-        with self.lock.writing():
-            removed = remove_records(self.index_dir, ids=ids, label=label, index=self.index)
+        with self._reload_lock, edit_saved(self.index_dir, self.index) as index, self.lock.writing():
+            removed = drop_records(index, ids=ids, label=label)
+            self._use(index)
         self._count("removes", removed)
         return removed
 
@@ -193,6 +254,7 @@ class SearchService:
         return Path(path) if path else None
 
     def stats(self) -> dict:
+        self.refresh()
         with self.lock.reading():
             labels, counts = np.unique(self.index.labels, return_counts=True)
             classes = {class_name(self.index, int(lab)) if lab >= 0 else "(unlabelled)": int(n)

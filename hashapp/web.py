@@ -17,6 +17,7 @@ the blocking encode and search, and its in-process ``TestClient`` lets tests cal
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -98,18 +99,15 @@ def create_app(service) -> "Starlette":
             if rerank:
                 features = _features(payload.get("features"), len(codes))
             labels = payload.get("labels") or None
-            names = [f"code {i}" for i in range(len(codes))]
+            call = partial(service.search, [f"code {i}" for i in range(len(codes))], codes, features)
         else:
             rerank = payload.get("rerank", "false").lower() in ("1", "true", "on", "yes")
             k, candidates = service.check_search(payload.get("k", "8"), rerank, payload.get("candidates", "1000"))
-            files = await uploads(payload)
-            images = service.decode(files)
-            codes, features = await run_in_threadpool(service.encode, images)
-            features = features if rerank else None
             labels = [s.strip() for s in payload.get("labels", "").split(",") if s.strip()] or None
-            names = [name for name, _ in files]
-        results = await run_in_threadpool(service.search, names, codes, features, k=k, candidates=candidates,
-                                          labels=labels)
+            # Decode, encode and search in one worker-thread call (the upload is never decoded
+            # on the event loop, and a request pays one thread hop).
+            call = partial(service.search_uploads, await uploads(payload), rerank=rerank)
+        results = await run_in_threadpool(call, k=k, candidates=candidates, labels=labels)
         return JSONResponse({"k": k, "results": results})
 
     async def add(request: Request):

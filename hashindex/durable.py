@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -41,23 +42,30 @@ class LockedError(OSError):
 
 
 class DirectoryLock:
-    """An exclusive, non-blocking ``flock`` on a directory, held until :meth:`release`.
+    """An exclusive ``flock`` on a directory, held until :meth:`release`; taken at once or, with
+    ``wait`` seconds, as soon as another holder lets go within that time (else ``LockedError``).
 
     The lock is taken on the directory itself (no lock file), so a read-only store can still
     be locked by a writer that finds nothing to do. The kernel drops it when the process dies.
     """
 
-    def __init__(self, directory: Path, what: str) -> None:
+    def __init__(self, directory: Path, what: str, wait: float = 0.0) -> None:
         import fcntl
 
         self.directory = Path(directory)
         self._fd: int | None = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.release()
-            raise LockedError(f"{self.directory}: another process is writing this {what}; "
-                              "wait for it to finish (or stop it) and retry") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+            time.sleep(0.02)
+        self.release()
+        raise LockedError(f"{self.directory}: another process is writing this {what}; "
+                          "wait for it to finish (or stop it) and retry")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import faiss
-import h5py
 import numpy as np
 
-from .durable import DirectoryLock, fsync_path, write_json_atomic
+from .durable import DirectoryLock
 from .autotune import TRAIN_CODES_PER_LIST
 from .filters import label_mask, masked_knn
 from .codes import MISSING_DISTANCE, as_packed_codes, check_bits, int_column
 from .gpu import DevicePlacement
-from .index_dir import (INDEX_FORMAT, META, check_file, check_meta, file_crc32, new_version, publish_version,
-                        read_current, seal_meta)
+from .index_dir import read_current
+from .persistence import load_saved, save_version
 from .query_checks import check_candidates, check_queries, check_query_features, check_real, range_pool
 from .rerank import rerank_euclidean
 from .routing import FlatRouting
 from .rows import remove_rows
 from .spec import KINDS, IndexSpec, apply_search_params, padded_bits, parse_spec
 from .store import ShardError, ShardReader
-from .store.format import check_local_datasets, hdf5_image, memory_hdf5
 from .vote import majority_vote
-
-INDEX_FORMAT_VERSION = 1
 
 
 class HashIndex:
@@ -69,7 +64,18 @@ class HashIndex:
         self._labels = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
         self._ids_are_rows = True
+        self._id_order: np.ndarray | None = None  # argsort of the ids, kept between lookups
         self._feature_chunks: list[np.ndarray] = []
+        self._forget_saved()
+
+    def _forget_saved(self, directory: Path | None = None, version: str | None = None) -> None:
+        """Record which saved version this index equals (none: the next save is a full one)."""
+        #: (resolved directory, version name) this index was last loaded from or saved as.
+        self._saved = None if directory is None else (directory.resolve(), version)
+        #: Leading rows that the saved version holds (rows after them were added since).
+        self._saved_rows = len(self)
+        #: Ids of saved rows removed since.
+        self._removed_since_save: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ state
     def __len__(self) -> int:
@@ -169,6 +175,7 @@ class HashIndex:
         self._labels = np.concatenate([self._labels, labels])
         self._ids_are_rows = self._ids_are_rows and bool(np.array_equal(ids, np.arange(len(self._ids), len(self._ids) + n)))
         self._ids = np.concatenate([self._ids, ids])
+        self._id_order = None
         if feats is not None:
             self._feature_chunks.append(feats)
 
@@ -228,12 +235,16 @@ class HashIndex:
         self._index = remove_rows(self._index, self.spec, rows)
         self._placement.invalidate()
         self._routing.invalidate()
+        saved = rows[rows < self._saved_rows]
+        self._removed_since_save.append(self._ids[saved])
+        self._saved_rows -= len(saved)
         keep = np.ones(len(self), dtype=bool)
         keep[rows] = False
         features = self.features
         self._labels, self._ids = self._labels[keep], self._ids[keep]
         self._feature_chunks = [] if features is None else [features[keep]]
         self._ids_are_rows = bool(np.array_equal(self._ids, np.arange(len(self._ids))))
+        self._id_order = None
         return len(rows)
 
     @classmethod
@@ -370,99 +381,53 @@ class HashIndex:
             return np.full(ids.shape, -1, dtype=np.int64)
         if self._ids_are_rows:
             return np.where((ids >= 0) & (ids < len(self._ids)), ids, -1)
-        order = np.argsort(self._ids)
+        if self._id_order is None:  # sorting 1M ids per search cost more than the search
+            self._id_order = np.argsort(self._ids)
+        order = self._id_order
         pos = np.searchsorted(self._ids, ids, sorter=order)
         rows = order[np.minimum(pos, len(order) - 1)]
         return np.where((ids >= 0) & (self._ids[rows] == ids), rows, -1)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory) -> Path:
+    def save(self, directory, *, delta: bool = False) -> Path:
         """Save index, labels, ids and features under ``directory``, atomically.
 
         A new version is written beside the current one and a one-line ``CURRENT``
         pointer is swapped with ``os.replace``: a crash mid-save leaves the previous
         version loadable (see :mod:`hashindex.index_dir`). The directory is locked while
-        saving; one that holds anything but a saved index is refused.
+        saving; one that holds anything but a saved index is refused. With ``delta=True``
+        only the changes since this index was loaded from (or saved as) the current
+        version are written, where :func:`~hashindex.persistence.delta_chain` allows it; otherwise the whole index.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with DirectoryLock(directory, "index directory"):
-            target = new_version(directory)
-            f = memory_hdf5("data.h5")
-            f.create_dataset("labels", data=self._labels)
-            f.create_dataset("ids", data=self._ids)
-            if self.features is not None:
-                f.create_dataset("features", data=self.features)
-            files = {"index.faiss": faiss.serialize_index_binary(self._index).tobytes(), "data.h5": hdf5_image(f)}
-            checksums = {}
-            for name, data in files.items():
-                (target / name).write_bytes(data)  # a full disk raises OSError here
-                checksums[name] = {"size": len(data), "crc32": file_crc32(target / name, data)}
-            meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "bits": self.bits,
-                    "faiss_bits": self.faiss_bits,
-                    "spec": str(self.spec), "ntotal": len(self), "class_names": self.class_names,
-                    "metadata": self.metadata, "checksums": checksums}
-            write_json_atomic(target / META, seal_meta(meta))
-            for name in ("index.faiss", "data.h5"):
-                fsync_path(target / name)
-            fsync_path(target)
-            publish_version(directory, target)
-        return target
+            return self.save_locked(directory, delta=delta)
+    def save_locked(self, directory, *, delta: bool = False) -> Path:
+        """:meth:`save` for a caller that already holds ``directory``'s lock (see
+        :func:`~hashindex.persistence.edit_saved`)."""
+        return save_version(self, Path(directory), delta)
 
+    @property
+    def unsaved_changes(self) -> bool:
+        """Whether codes were added or removed since this index was loaded or saved."""
+        return self._saved is None or len(self) != self._saved_rows or bool(self._removed_since_save)
+
+    def is_saved_as_current(self, directory) -> bool:
+        """Whether this index was loaded from (or saved as) the version ``directory`` holds now:
+        one read of its ``CURRENT`` file, cheap enough to check before every search."""
+        if self._saved is None:
+            return False
+        directory = Path(directory)
+        try:
+            if read_current(directory).name != self._saved[1]:
+                return False
+        except (OSError, ShardError):
+            return False
+        return directory == self._saved[0] or directory.resolve() == self._saved[0]
     @classmethod
     def load(cls, directory, bits: int | None = None, device: str = "cpu") -> "HashIndex":
         """Load an index written by :meth:`save`; ``bits`` (optional) must match the saved width.
         ``device`` ("cpu" | "gpu" | "auto") is where searches run; it is not saved with the index.
         Every file is checked against the CRC-32 its save recorded (``ShardError`` naming the file)."""
-        directory = Path(directory)
-        target = read_current(directory)
-        try:
-            return cls._load_version(directory, target, bits, device)
-        except (OSError, ShardError):
-            if read_current(directory) == target:
-                raise
-            # Another process saved meanwhile and removed the version we were opening: once more.
-            return cls._load_version(directory, read_current(directory), bits, device)
-
-    @classmethod
-    def _load_version(cls, directory: Path, target: Path, bits: int | None, device: str) -> "HashIndex":
-        try:
-            meta = check_meta(json.loads((target / META).read_text(encoding="utf-8")), target / META)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ShardError(f"{target / META}: unreadable index metadata ({exc})") from exc
-        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
-            raise ValueError(f"{target}: not a hashindex index of a supported version")
-        if bits is not None and int(bits) != meta["bits"]:
-            raise ValueError(f"{directory}: index holds {meta['bits']}-bit codes, expected {bits}-bit")
-        checksums = meta.get("checksums", {})
-        index = cls(bits=meta["bits"], spec=meta["spec"], class_names=meta.get("class_names"),
-                    metadata=meta.get("metadata"), device=device)
-        faiss_file, data_file = target / "index.faiss", target / "data.h5"
-        blob = faiss_file.read_bytes() if faiss_file.exists() else None
-        check_file(faiss_file, checksums.get("index.faiss"), blob)
-        check_file(data_file, checksums.get("data.h5"))
-        try:
-            index._index = faiss.deserialize_index_binary(np.frombuffer(blob, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise ShardError(f"{faiss_file}: unreadable Faiss index ({exc})") from exc
-        index.faiss_bits = int(index._index.d)
-        if index.faiss_bits != meta.get("faiss_bits", meta["bits"]):
-            raise ValueError(f"{target}: index file holds {index.faiss_bits}-bit codes, metadata says "
-                             f"{meta.get('faiss_bits', meta['bits'])}")
-        if index._auto_request is None:
-            apply_search_params(index._index, index.spec.kind, index.spec.params)
-        try:
-            with h5py.File(data_file, "r") as f:
-                check_local_datasets(f, data_file)
-                index._labels = f["labels"][()]
-                index._ids = f["ids"][()]
-                if "features" in f:
-                    index._feature_chunks = [f["features"][()]]
-        except ShardError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... on a damaged file
-            raise ShardError(f"{data_file}: unreadable index data ({type(exc).__name__}: {exc})") from exc
-        index._ids_are_rows = bool(np.array_equal(index._ids, np.arange(len(index._ids))))
-        if not (len(index._labels) == len(index._ids) == index._index.ntotal == meta["ntotal"]):
-            raise ValueError(f"{target}: index and data files disagree on the number of codes")
-        return index
+        return load_saved(cls, directory, bits, device)

@@ -5,9 +5,13 @@ Layout::
     DIR/hashindex-dir.json   marker: this directory belongs to a HashIndex; versions it wrote
     DIR/CURRENT              one line, the name of the version to load (swapped by atomic rename)
     DIR/v-<12 hex>/          index.faiss, data.h5, meta.json (with the CRC-32 of each file)
+    DIR/v-<12 hex>/          or a delta version: delta.h5 and meta.json, whose ``chain`` names the
+                             full version it builds on and the deltas between, oldest first
 
-A save only ever removes versions listed in the marker (never a user's ``v-1.2-release/``),
-keeps the version it replaces (a reader may still be opening it) and refuses a directory
+A delta version holds only what changed since its parent (ids removed, records added): a
+load replays the chain on top of the full version. A save only ever removes versions listed
+in the marker (never a user's ``v-1.2-release/``), keeps the version it replaces and every
+version the kept ones build on (a reader may still be opening them), and refuses a directory
 that holds other files but no marker, or a ``CURRENT`` it did not write.
 """
 
@@ -92,18 +96,40 @@ def new_version(directory: Path) -> Path:
     return directory / name
 
 
+def read_meta(version: Path) -> dict:
+    """A version's meta.json, checked against its CRC-32 (``ShardError`` naming the file)."""
+    try:
+        return check_meta(json.loads((version / META).read_text(encoding="utf-8")), version / META)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{version / META}: unreadable index metadata ({exc})") from exc
+
+
+def version_chain(version: Path) -> list[str]:
+    """The versions ``version`` is built from, oldest (a full version) first, itself last."""
+    chain = [str(v) for v in read_meta(version).get("chain", [])]
+    if not all(_VERSION.fullmatch(v) for v in chain):
+        raise ShardError(f"{version / META}: its chain names something other than versions of this index")
+    return chain + [version.name]
+
+
 def publish_version(directory: Path, target: Path) -> None:
     """Point ``CURRENT`` at ``target``, then remove the versions this directory wrote except
-    ``target`` and the one it replaces (kept so that a reader opening it now still succeeds)."""
+    ``target``, the one it replaces (kept so that a reader opening it now still succeeds) and
+    the versions either builds on."""
     try:
-        previous = read_current(directory).name
+        previous = read_current(directory)
     except ShardError:
         previous = None  # the first save (or a pointer too damaged to name anything worth keeping)
+    try:
+        kept_before = [] if previous is None else version_chain(previous)
+    except ShardError:
+        kept_before = [previous.name]  # damaged metadata: keep it, though nothing it builds on is known
     tmp = directory / f"{CURRENT}.{target.name}.tmp"
     tmp.write_text(target.name + "\n")
     replace_durably(tmp, directory / CURRENT)
     versions = _read_marker(directory) or []
-    keep = [v for v in versions if v in (previous, target.name)]
+    needed = set(kept_before) | set(version_chain(target))
+    keep = [v for v in versions if v in needed]
     for name in versions:
         if name not in keep:
             shutil.rmtree(directory / name, ignore_errors=True)

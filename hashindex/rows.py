@@ -39,6 +39,18 @@ def stored_codes(index: faiss.IndexBinary, spec: IndexSpec) -> np.ndarray:
     return out
 
 
+def codes_from_row(index: faiss.IndexBinary, spec: IndexSpec, start: int) -> np.ndarray:
+    """The codes of rows ``start .. ntotal-1`` of a flat or IVF index, in row order (a copy)."""
+    n, width = index.ntotal - start, index.code_size
+    if spec.kind == "flat":
+        return faiss.rev_swig_ptr(index.xb.data(), index.ntotal * width)[start * width :].reshape(n, width).copy()
+    out = np.empty((n, width), dtype=np.uint8)
+    for rows, codes in _inverted_lists(index):
+        recent = rows >= start
+        out[rows[recent] - start] = codes[recent]
+    return out
+
+
 def _inverted_lists(index: faiss.IndexBinary):
     """``(ids, codes)`` numpy views of each non-empty inverted list of an IVF index (writable)."""
     lists = index.invlists

@@ -81,3 +81,26 @@ def start_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict]
     thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
+
+
+def load_while_saving(script: str, directory, seconds: float, check: Callable) -> tuple[int, int]:
+    """Run ``script`` (Python source, given ``directory`` and ``seconds`` as arguments) in another
+    process: it saves an index into ``directory``, prints ``ready``, saves again and again for
+    ``seconds`` and prints how many saves it made. Meanwhile load the index over and over, calling
+    ``check(index)`` on each; returns ``(loads, saves)``. The script's failure fails the caller."""
+    import os
+    import subprocess
+    import sys
+
+    from .index import HashIndex
+
+    saver = subprocess.Popen([sys.executable, "-c", script, str(directory), str(seconds)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert saver.stdout.readline().strip() == "ready", saver.stderr.read()
+    loads = 0
+    while saver.poll() is None:
+        check(HashIndex.load(directory))
+        loads += 1
+    out, err = saver.communicate()
+    assert saver.returncode == 0, err
+    return loads, int(out.split()[-1])

@@ -13,7 +13,7 @@ real name; the manifest is rewritten atomically after every completed shard.
 
 This package is the only code that reads or writes shard files and manifests:
 :mod:`.format` (manifest, shard attributes), :mod:`.writer`, :mod:`.reader`,
-:mod:`.classes` (a store's growing class list) and
+:mod:`.classes` (a store's growing class list), :mod:`.removal` (records removed) and
 :mod:`.merge` (stores written in parts by parallel workers, merged into one).
 """
 
@@ -21,9 +21,10 @@ from .format import (FIELDS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SHARD_PATTER
                      read_shard_attrs, read_store_info, write_store_info)
 from .classes import extend_class_names
 from .merge import merge_store
+from .removal import remove_from_store
 from .reader import ShardReader
 from .writer import ShardWriter
 
 __all__ = ["FIELDS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "SHARD_PATTERN", "Shard", "ShardError",
-           "ShardReader", "ShardWriter", "StoreInfo", "extend_class_names", "merge_store", "read_shard_attrs", "read_store_info",
-           "write_store_info"]
+           "ShardReader", "ShardWriter", "StoreInfo", "extend_class_names", "merge_store", "read_shard_attrs",
+           "read_store_info", "remove_from_store", "write_store_info"]

@@ -15,6 +15,8 @@ from ..durable import write_json_atomic
 
 FORMAT_NAME = "hashindex-shards"
 FORMAT_VERSION = 1
+#: The manifest version of a store with removed records: older readers, which would bring them back, refuse it.
+REMOVALS_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "part-{:05d}.h5"
 FIELDS = ("codes", "labels", "ids", "features", "paths")
@@ -44,6 +46,12 @@ class Shard:
         return len(self.codes)
 
 
+def last_id(entry: dict) -> int:
+    """The largest id of a manifest's shard entry (ids increase through a store, with gaps where
+    images were skipped)."""
+    return entry.get("last_id", entry["first_id"] + entry["count"] - 1)
+
+
 @dataclass
 class StoreInfo:
     """What the manifest records about a store."""
@@ -54,20 +62,24 @@ class StoreInfo:
     class_names: list[str] = field(default_factory=list)
     shards: list[dict] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    #: Ids of records removed from the store (sorted): their shards keep them, readers leave them out.
+    removed_ids: list[int] = field(default_factory=list)
 
     @property
     def num_records(self) -> int:
+        """Records in the shard files, removed ones included."""
         return sum(s["count"] for s in self.shards)
 
     @property
     def next_id(self) -> int:
         # last_id, not first_id + count: ids may have gaps (skipped images) inside a shard.
-        return max((s.get("last_id", s["first_id"] + s["count"] - 1) + 1 for s in self.shards), default=0)
+        return max((last_id(s) + 1 for s in self.shards), default=0)
 
     def to_json(self) -> dict:
+        removals = {"removed_ids": list(self.removed_ids)} if self.removed_ids else {}
         return {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": REMOVALS_FORMAT_VERSION if removals else FORMAT_VERSION,
             "bits": self.bits,
             "feature_dim": self.feature_dim,
             "feature_dtype": self.feature_dtype,
@@ -75,13 +87,14 @@ class StoreInfo:
             "num_records": self.num_records,
             "shards": self.shards,
             "metadata": self.metadata,
+            **removals,
         }
 
     @classmethod
     def from_json(cls, payload: dict, source: Path) -> "StoreInfo":
         if payload.get("format") != FORMAT_NAME:
             raise ShardError(f"{source}: not a hashindex manifest (format={payload.get('format')!r})")
-        if payload.get("version") != FORMAT_VERSION:
+        if payload.get("version") not in (FORMAT_VERSION, REMOVALS_FORMAT_VERSION):
             raise ShardError(f"{source}: manifest version {payload.get('version')} is not supported")
         try:
             for entry in payload["shards"]:
@@ -93,6 +106,7 @@ class StoreInfo:
                 class_names=list(payload.get("class_names", [])),
                 shards=list(payload["shards"]),
                 metadata=dict(payload.get("metadata", {})),
+                removed_ids=sorted(int(i) for i in payload.get("removed_ids", [])),
             )
         except ShardError:
             raise

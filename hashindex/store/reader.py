@@ -12,7 +12,7 @@ import numpy as np
 
 from ..durable import TMP_SUFFIX
 from .format import (FIELDS, MANIFEST, PATHS_CRC_ATTR, Shard, ShardError, check_data_crc, corrupt_shard_error,
-                     decode_paths, read_checked, read_shard_attrs, read_store_info)
+                     decode_paths, last_id, read_checked, read_shard_attrs, read_store_info)
 
 
 class ShardReader:
@@ -20,7 +20,9 @@ class ShardReader:
 
     Iterating yields one :class:`Shard` per file; :meth:`read` concatenates the
     requested fields of all shards. ``files`` (names listed in the manifest) restricts the
-    reader to those shard files, in that order. Problems raise :class:`ShardError` naming the file.
+    reader to those shard files, in that order. Records removed from the store (see
+    :mod:`.removal`) are left out of everything it reads and counts. Problems raise
+    :class:`ShardError` naming the file.
     """
 
     def __init__(self, directory: str | os.PathLike, files: Sequence[str] | None = None) -> None:
@@ -36,6 +38,7 @@ class ShardReader:
             if unlisted:
                 raise ShardError(f"{self.directory / unlisted[0]}: not listed in the store's {MANIFEST}")
             self.entries = [listed[name] for name in files]
+        self.removed = np.asarray(self.info.removed_ids, dtype=np.int64)
         self.leftover_temporary_files = sorted(self.directory.glob(f"*{TMP_SUFFIX}"))
         if self.leftover_temporary_files:
             warnings.warn(
@@ -62,7 +65,13 @@ class ShardReader:
         return [self.directory / s["file"] for s in self.entries]
 
     def __len__(self) -> int:
-        return sum(s["count"] for s in self.entries)
+        """Records read (removed ones left out)."""
+        return sum(s["count"] - self._removed_in(s) for s in self.entries)
+
+    def _removed_in(self, entry: dict) -> int:
+        """Removed ids within a shard's id range (ids increase through the store, so all are its own)."""
+        return int(np.searchsorted(self.removed, last_id(entry), "right")
+                   - np.searchsorted(self.removed, entry["first_id"]))
 
     def _check_shards(self) -> None:
         for entry, path in zip(self.entries, self.shard_paths):
@@ -82,7 +91,9 @@ class ShardReader:
             yield self.read_shard(path)
 
     def read_shard(self, path: Path, fields: Sequence[str] = FIELDS) -> Shard:
-        data = read_checked(path, fields)
+        data = read_checked(path, tuple(fields) + (("ids",) if len(self.removed) else ()))
+        if len(self.removed):
+            data = _without_removed(data, self.removed, keep_ids="ids" in fields)
         paths = data.pop("paths", None)
         return Shard(path=path, paths=paths, **{k: data.get(k) for k in ("codes", "labels", "ids", "features")})
 
@@ -91,7 +102,8 @@ class ShardReader:
         unknown = set(fields) - set(FIELDS)
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)}; choose from {FIELDS}")
-        n = len(self)
+        n = sum(s["count"] for s in self.entries)  # removed records are read, then dropped
+        asked, fields = fields, tuple(fields) + (("ids",) if len(self.removed) else ())
         out: dict = {}
         if "codes" in fields:
             out["codes"] = np.empty((n, self.bits // 8), dtype=np.uint8)
@@ -128,7 +140,18 @@ class ShardReader:
             offset += count
         if "ids" in out:
             _check_unique_ids(out["ids"], self.shard_paths, [s["count"] for s in self.entries])
+        if len(self.removed):
+            out = _without_removed(out, self.removed, keep_ids="ids" in asked)
         return out
+
+
+def _without_removed(out: dict, removed: np.ndarray, keep_ids: bool) -> dict:
+    """The records of ``out`` whose ids are not in ``removed`` (``ids`` itself dropped unless asked for)."""
+    keep = ~np.isin(out["ids"], removed)
+    if keep.all():
+        return out if keep_ids else {k: v for k, v in out.items() if k != "ids"}
+    return {name: [p for p, k in zip(values, keep) if k] if name == "paths" else values[keep]
+            for name, values in out.items() if keep_ids or name != "ids"}
 
 
 def _check_unique_ids(ids: np.ndarray, shard_paths: list[Path], counts: list[int]) -> None:

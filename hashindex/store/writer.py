@@ -216,8 +216,9 @@ class ShardWriter:
         try:
             for name, values in part.items():
                 if name == "paths" and "paths" not in f:
+                    # No checksum filter: HDF5 filters refuse variable-length strings.
                     f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                                     chunks=(4096,))  # HDF5 filters refuse variable-length strings
+                                     chunks=(min(4096, self.shard_size),))
                 ds = f[name]
                 ds.resize(self._count + n, axis=0)
                 ds[self._count :] = values

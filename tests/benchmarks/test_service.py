@@ -29,3 +29,7 @@ def test_tiny_run_answers_every_request_and_writes_its_results(tmp_path):
     assert load["correct"] == load["requests"] == 12 and load["failed"] == load["wrong"] == 0
     for add in payload["add"]:
         assert add["ntotal_before"] == 4000 and add["added"] == 5 and add["new_classes"] == ["new"]
+        assert add["add_index_files"] == ["delta.h5", "meta.json"]  # no full rewrite of the index
+        assert add["delta_save_bytes"] < add["full_save_bytes"] / 3
+        assert add["add_store_bytes"] < 64_000  # one shard of 5 records and the manifest
+    assert "delta vs full" in (tmp_path / "service.md").read_text()

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from hashapp.cli import main
-from hashindex import HashIndex, ShardReader
+from hashindex import HashIndex, ShardReader, read_store_info
+from hashindex.index_dir import read_current
 
 
 def _invoke(*args):
@@ -23,6 +24,8 @@ def test_add_a_new_class_folder_is_voted_for_its_own_images_at_once(tiny_build, 
     assert "added 30 image(s)" in result.output and "new classes: 4" in result.output
     index = HashIndex.load(index_dir)
     assert index.class_names == ["0", "1", "2", "3", "4"] and len(index) == len(before) + 30
+    # Saved as a delta: the new records only, not the whole index again.
+    assert sorted(p.name for p in read_current(index_dir).iterdir()) == ["delta.h5", "meta.json"]
     # The store stays one consistent store: same class list, unique ids, the index's ids.
     store = ShardReader(shards)
     data = store.read(("labels", "ids", "paths"))
@@ -59,15 +62,24 @@ def test_add_skips_unreadable_files_and_refuses_nothing_readable(tiny_build, tmp
     assert ShardReader(tiny_build / "shards").class_names == ["0", "1", "2", "3"]  # nothing written
 
 
-def test_remove_by_ids_and_label(tiny_build):
+def test_remove_by_ids_and_label_reaches_the_store(tiny_build):
     index_dir = tiny_build / "index"
+    before = HashIndex.load(index_dir)
+    before_ids_of_3 = before.ids[before.labels == 3].tolist()
     result = _invoke("remove", index_dir, "--ids", "0,1,2,999")
     assert result.exit_code == 0 and "removed 3 record(s)" in result.output
-    result = _invoke("remove", index_dir, "--label", "3")
+    assert sorted(p.name for p in read_current(index_dir).iterdir()) == ["delta.h5", "meta.json"]
+    result = _invoke("remove", index_dir, "--label", "3")  # a quarter of the index: saved in full
     assert result.exit_code == 0 and "removed 30 record(s)" in result.output
     index = HashIndex.load(index_dir)
     assert len(index) == 87 and not np.isin(index.ids, [0, 1, 2]).any() and not (index.labels == 3).any()
-    assert len(ShardReader(tiny_build / "shards")) == 120  # the store keeps them
+    # The store lists them removed (its shard files unchanged): a rebuild does not bring them back.
+    store = read_store_info(tiny_build / "shards")
+    assert store.num_records == 120 and store.removed_ids == sorted([0, 1, 2] + before_ids_of_3)
+    assert len(ShardReader(tiny_build / "shards")) == 87
+    rebuilt = HashIndex.from_shards(tiny_build / "shards", progress=False)
+    np.testing.assert_array_equal(np.sort(rebuilt.ids), np.sort(index.ids))
+    np.testing.assert_array_equal(rebuilt.labels[np.argsort(rebuilt.ids)], index.labels[np.argsort(index.ids)])
     for bad in (("--ids", "a,b"), ("--label", "nope"), ()):
         result = _invoke("remove", index_dir, *bad)
         assert result.exit_code != 0 and "Error" in result.output

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from hashapp.query import search_images  # noqa: E402
 from hashapp.service import Limits, SearchService  # noqa: E402
 from hashapp.web import create_app  # noqa: E402
-from hashindex import HashIndex  # noqa: E402
+from hashindex import HashIndex, ShardReader  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,68 @@ def test_concurrent_requests_on_a_real_server_are_all_answered_correctly(tiny_bu
     for name, response in answers:
         assert response.status_code == 200 and response.json() == expected[name]
     assert len(HashIndex.load(tiny_build / "index")) == 130
+
+
+def _cli_add(index_dir, files, label):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "hashapp.cli", "--threads", "1", "add", str(index_dir),
+                             *map(str, files), "--label", label], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": os.getcwd(), "TQDM_DISABLE": "1"})
+
+
+def test_a_cli_add_while_the_server_serves_and_adds_loses_nothing(tiny_build, new_class_folder, running_server):
+    """`hashindex add` in another process, first alone (the server must serve its records and
+    add on top of them), then together with a `POST /add`: every batch ends up saved and served."""
+    httpx = pytest.importorskip("httpx2")
+    index_dir = tiny_build / "index"
+    files = sorted((new_class_folder / "4").iterdir())
+    batches = {"cli1": files[:6], "web1": files[6:12], "cli2": files[12:18], "web2": files[18:24]}
+    service = SearchService(index_dir)
+    with running_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=120) as http:
+        def web_add(label):
+            return http.post("/add", files=[_upload(f) for f in batches[label]], data={"label": label})
+
+        cli = _cli_add(index_dir, batches["cli1"], "cli1")
+        assert cli.wait(timeout=300) == 0, cli.stderr.read()
+        assert web_add("web1").status_code == 200  # on top of the CLI's add, not of its old copy
+        assert http.get("/stats").json()["classes"]["cli1"] == 6
+        cli = _cli_add(index_dir, files[24:25], "cli1")
+        assert cli.wait(timeout=300) == 0, cli.stderr.read()
+        found = http.post("/search", files=[_upload(files[24])], data={"labels": "cli1", "k": "7"})
+        assert len(found.json()["results"][0]["neighbours"]) == 7  # the search saw the CLI's new version
+
+        cli = _cli_add(index_dir, batches["cli2"], "cli2")
+        with ThreadPoolExecutor(1) as pool:
+            web = pool.submit(web_add, "web2")
+            assert cli.wait(timeout=300) == 0, cli.stderr.read()
+            assert web.result().status_code == 200, web.result().text
+        served = http.get("/stats").json()["classes"]
+    saved = HashIndex.load(index_dir)
+    assert len(saved) == 120 + 25 and len(np.unique(saved.ids)) == 145
+    for label in batches:
+        size = 7 if label == "cli1" else 6
+        assert served[label] == size and (saved.labels == saved.class_names.index(label)).sum() == size
+    assert len(ShardReader(tiny_build / "shards")) == 145  # the store holds each batch once
+
+
+def test_a_saved_version_that_does_not_load_is_reported_once_and_the_service_keeps_serving(tiny_build):
+    import warnings
+
+    index_dir = tiny_build / "index"
+    service = SearchService(index_dir)
+    writer = HashIndex.load(index_dir)
+    writer.remove([0])
+    broken = writer.save(index_dir, delta=True)
+    (broken / "delta.h5").write_bytes(b"junk")
+    with pytest.warns(UserWarning, match=r"the version saved since does not load .*delta\.h5"):
+        assert service.stats()["ntotal"] == 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert service.stats()["ntotal"] == 120  # not loaded again
+    writer.remove([1])
+    writer.save(index_dir)
+    stats = service.stats()
+    assert stats["ntotal"] == 118 and stats["served"]["reloads"] == 1

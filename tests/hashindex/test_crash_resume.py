@@ -249,7 +249,7 @@ def test_failed_save_leaves_previous_index_loadable(tmp_path, rng, monkeypatch, 
     import faiss
     import h5py
 
-    import hashindex.index as index_mod
+    import hashindex.persistence as persistence_mod
     import hashindex.index_dir as index_dir_mod
 
     old, new = _index(rng, 300, "old"), _index(rng, 500, "new")
@@ -259,7 +259,7 @@ def test_failed_save_leaves_previous_index_loadable(tmp_path, rng, monkeypatch, 
         raise OSError(f"injected failure at {fail_at}")
 
     target = {"write_index": (faiss, "serialize_index_binary"), "data": (h5py, "File"),
-              "meta": (index_mod, "write_json_atomic"), "fsync": (index_mod, "fsync_path"),
+              "meta": (persistence_mod, "write_json_atomic"), "fsync": (persistence_mod, "fsync_path"),
               "pointer": (index_dir_mod, "replace_durably")}[fail_at]
     with monkeypatch.context() as patch:
         patch.setattr(*target, boom)

@@ -108,7 +108,7 @@ def test_encode_on_a_full_disk_fails_with_one_line_and_resumes(job, tmp_path):
     encode = f"{cli} encode {job['folder']} --model {job['model']} --out {disk}/s --shard-size {SHARD} " \
              f"--batch-size {BATCH}"
     script = f"""
-        mount -t tmpfs -o size=300k tmpfs {disk}
+        mount -t tmpfs -o size=100k tmpfs {disk}
         {encode} > {kept}/out1 2> {kept}/err1; echo $? > {kept}/rc1
         cp -a {disk}/s {kept}/full
         mount -o remount,size=20m {disk}

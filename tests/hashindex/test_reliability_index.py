@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -17,6 +15,7 @@ import pytest
 
 from hashindex import HashIndex, ShardError
 from hashindex.durable import DirectoryLock, LockedError
+from hashindex.testing import load_while_saving
 
 
 def _index(rng, n=200, marker="a", bits=64):
@@ -151,19 +150,14 @@ _RESAVE_LOOP = textwrap.dedent("""
 
 
 def test_loads_succeed_while_another_process_re_saves(tmp_path):
-    ix = tmp_path / "ix"
-    saver = subprocess.Popen([sys.executable, "-c", _RESAVE_LOOP, str(ix), "6"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert saver.stdout.readline().strip() == "ready", saver.stderr.read()
-    loads, markers = 0, set()
-    while saver.poll() is None:
-        index = HashIndex.load(ix)
+    markers = set()
+
+    def check(index):
         assert len(index) == 3000 and len(index.labels) == 3000
         markers.add(index.metadata["marker"])
-        loads += 1
-    out, err = saver.communicate()
-    assert saver.returncode == 0, err
-    assert int(out.split()[-1]) > 10 and loads > 10 and markers == {"a", "b"}
+
+    loads, saves = load_while_saving(_RESAVE_LOOP, tmp_path / "ix", 6, check)
+    assert saves > 10 and loads > 10 and markers == {"a", "b"}
 
 
 def test_a_second_saver_is_refused(tmp_path, rng):

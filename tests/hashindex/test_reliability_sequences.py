@@ -74,11 +74,11 @@ def _child_encode(folder, store, point):
 
 
 def _child_save(store, index_dir, point):
-    import hashindex.index as index_mod
+    import hashindex.persistence as persistence_mod
     import hashindex.index_dir as index_dir_mod
 
     _die_at(point, [(index_dir_mod, "replace_durably"), (index_dir_mod, "write_json_atomic"),
-                    (index_mod, "write_json_atomic")])
+                    (persistence_mod, "write_json_atomic")])
     HashIndex.from_shards(store, progress=False).save(index_dir)
     os._exit(0)
 
