@@ -1,0 +1,71 @@
+"""The spec sweep on a tiny database: builds are cached and reused, unbuilt specs are reported
+missing, and every recall figure agrees with brute force (no timing assertions)."""
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from hashindex.bench import distance_recall
+from hashindex.bench.sweep import BUILD_RECORD, SweepConfig, build_indexes, cache_name, measure_sweep, sweep_markdown
+from hashindex.index import HashIndex
+from hashindex.testing import brute_force_knn
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = SweepConfig(data="clustered60-perturbed", size=6000, queries=40, specs=("IVF32", "IVF64_HNSW8_sampled"),
+                      auto=(), grids={"nprobe": (1, 4, 32, 64)}, budget_s=0.02, batch=40)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        built = build_indexes(cfg, cache, log=lambda m: None)
+        again = build_indexes(cfg, cache, log=lambda m: None)
+        unbuilt = SweepConfig(**{**cfg.__dict__, "specs": cfg.specs + ("HNSW8",)})
+        result = measure_sweep(unbuilt, cache, log=lambda m: None)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return cfg, cache, built, again, result
+
+
+def test_builds_are_recorded_and_reused(swept):
+    cfg, cache, built, again, _ = swept
+    assert again == built  # the second call read the records, built nothing
+    for spec in cfg.specs:
+        folder = next(cache.iterdir()) / cache_name(spec)
+        record = json.loads((folder / BUILD_RECORD).read_text())
+        assert record["build_s"] > 0 and record["memory_bytes"] > cfg.size * 8
+        assert len(HashIndex.load(folder)) == cfg.size
+
+
+def test_every_configuration_is_measured_and_recall_matches_brute_force(swept):
+    cfg, cache, _, _, result = swept
+    codes = cfg.codes()
+    kth = brute_force_knn(codes.queries, codes.database, cfg.k)[0][:, cfg.k - 1]
+    specs = [r["spec"] for r in result["rows"]]
+    assert specs[0] == specs[-1] == "flat"  # timed before and after the sweep
+    assert [s for s in specs if s.startswith("IVF32,")] == [f"IVF32,nprobe={p}" for p in (1, 4, 32)]  # <= nlist
+    assert len([s for s in specs if "sampled" in s]) == 4
+    assert result["missing"] == ["HNSW8"]
+    for row in result["rows"]:
+        index = HashIndex.load(next(cache.iterdir()) / cache_name(row["spec"].split(",")[0])) \
+            if row["spec"] != "flat" else None
+        if index is not None:
+            index.set_search_params(**{"nprobe": int(row["spec"].split("=")[1])})
+            expected = distance_recall(codes.queries, codes.database, index.search(codes.queries, cfg.k)[1], kth)
+            assert row["recall"] == pytest.approx(expected)
+        assert 0 <= row["recall"] <= 1 and row["latency_ms"]["samples"] >= 5
+    assert all(r["recall"] == 1.0 for r in result["rows"] if r["spec"] in ("flat", "IVF32,nprobe=32"))
+
+
+def test_summary_and_markdown_name_the_best_configuration(swept):
+    *_, result = swept
+    best = result["summary"]["best"]
+    reaching = [r for r in result["rows"] if r["recall"] >= 0.95 and r["spec"] != "flat"]
+    assert best["spec"] == min(reaching, key=lambda r: r["latency_ms"]["median_ms"])["spec"]
+    assert best["vs_flat"] == pytest.approx(result["flat_ms"] / best["ms"])
+    text = sweep_markdown(result)
+    assert f"`{best['spec']}`" in text and "Not built: `HNSW8`" in text
+    assert text.count("\n| ") == len(result["rows"]) + 1  # header + one line per configuration
