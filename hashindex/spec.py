@@ -1,19 +1,22 @@
 """Index specs: the small string vocabulary that names a Faiss binary index.
 
-===========================  ===========================================  ======================
-spec                         Faiss index                                  search parameters
-===========================  ===========================================  ======================
-``flat``                     ``IndexBinaryFlat`` (exact)                  —
-``IVF<nlist>``               ``IndexBinaryIVF`` over a flat quantiser     ``nprobe`` (default 1)
-``IVF<nlist>_HNSW<M>``       ``IndexBinaryIVF`` over an HNSW quantiser    ``nprobe`` (default 1)
-``IVF<nlist>_HNSW<M>_sampled`` the same, centroids sampled (no k-means)   ``nprobe`` (default 1)
-``HNSW<M>``                  ``IndexBinaryHNSW``                          ``efSearch`` (default 16)
-``MultiHash<n>x<b>``         ``IndexBinaryMultiHash``, n tables of b bits ``nflip`` (default 0)
-``Hash<b>``                  ``IndexBinaryHash``, one table of b bits     ``nflip`` (default 0)
-===========================  ===========================================  ======================
+==============================  ===========================================  ============================
+spec                            Faiss index                                  search parameters
+==============================  ===========================================  ============================
+``flat``                        ``IndexBinaryFlat`` (exact)                  —
+``IVF<nlist>``                  ``IndexBinaryIVF`` over a flat quantiser     ``nprobe`` (default 1)
+``IVF<nlist>_HNSW<M>``          ``IndexBinaryIVF`` over an HNSW quantiser    ``nprobe`` (default 1),
+                                                                             ``quantizer_efSearch`` (16)
+``IVF<nlist>_HNSW<M>_sampled``  the same, centroids sampled (no k-means)     the same
+``HNSW<M>``                     ``IndexBinaryHNSW``                          ``efSearch`` (default 16)
+``MultiHash<n>x<b>``            ``IndexBinaryMultiHash``, n tables of b bits ``nflip`` (default 0)
+``Hash<b>``                     ``IndexBinaryHash``, one table of b bits     ``nflip`` (default 0)
+==============================  ===========================================  ============================
 
 Search parameters may follow the index name, comma separated:
-``"IVF1024,nprobe=32"``, ``"HNSW32,efSearch=64"``, ``"MultiHash4x16,nflip=1"``.
+``"IVF1024,nprobe=32"``, ``"HNSW32,efSearch=64"``, ``"MultiHash4x16,nflip=1"``,
+``"IVF65536_HNSW32_sampled,nprobe=8,quantizer_efSearch=64"`` (how deep the HNSW quantiser
+searches for the ``nprobe`` nearest lists; Faiss's default, 16, misses lists at 65,536).
 ``str(parse_spec(s))`` gives back the canonical form of ``s``. Faiss's own
 ``index_binary_factory`` strings are accepted too (``"BFlat"``, ``"BIVF1024"``,
 ``"BIVF1024_HNSW32"``, ``"BHNSW32"``, ``"BHash4x16"``, ``"BHash16"``) and print in the
@@ -59,6 +62,8 @@ SEARCH_PARAMS = {p.name: p for p in (
     SearchParam("nprobe", 1, lambda index, value: setattr(index, "nprobe", value)),
     SearchParam("efSearch", 1, lambda index, value: setattr(index.hnsw, "efSearch", value)),
     SearchParam("nflip", 0, lambda index, value: setattr(index, "nflip", value)),
+    SearchParam("quantizer_efSearch", 1,
+                lambda index, value: setattr(faiss.downcast_IndexBinary(index.quantizer).hnsw, "efSearch", value)),
 )}
 
 
@@ -104,10 +109,10 @@ def register_kind(kind: IndexKind) -> IndexKind:
 
 register_kind(IndexKind("flat", "flat", "BFlat", "flat", range_search=True))
 register_kind(IndexKind("IVF", "IVF{}", "BIVF{}", "IVF<nlist>", ("nprobe",), trains=True, range_search=True))
-register_kind(IndexKind("IVF_HNSW", "IVF{}_HNSW{}", "BIVF{}_HNSW{}", "IVF<nlist>_HNSW<M>", ("nprobe",),
-                        trains=True, range_search=True))
+register_kind(IndexKind("IVF_HNSW", "IVF{}_HNSW{}", "BIVF{}_HNSW{}", "IVF<nlist>_HNSW<M>",
+                        ("nprobe", "quantizer_efSearch"), trains=True, range_search=True))
 register_kind(IndexKind("IVF_HNSW_sampled", "IVF{}_HNSW{}_sampled", "BIVF{}_HNSW{}", "IVF<nlist>_HNSW<M>_sampled",
-                        ("nprobe",), trains=True, sampled=True, range_search=True))
+                        ("nprobe", "quantizer_efSearch"), trains=True, sampled=True, range_search=True))
 register_kind(IndexKind("HNSW", "HNSW{}", "BHNSW{}", "HNSW<M>", ("efSearch",)))
 register_kind(IndexKind("MultiHash", "MultiHash{}x{}", "BHash{}x{}", "MultiHash<nhash>x<bits>", ("nflip",),
                         range_search=True, table_bits=(0, 1)))

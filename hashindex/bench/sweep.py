@@ -10,6 +10,7 @@ build failed or was not run are reported as missing, never measured half-built.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -22,14 +23,15 @@ import numpy as np
 from ..datasets import SyntheticCodes, benchmark_codes
 from ..durable import write_json_atomic
 from ..index import HashIndex
-from ..spec import KINDS, parse_spec
+from ..spec import KINDS, IndexSpec, parse_spec
 from ..timing import environment, time_single, timed
 from .harness import TARGET_RECALL, distance_recall, time_batch
 from .sections import hashindex_bytes
 from .targets import AUTO_SLOWDOWN, BEST_MS, BEST_VS_FLAT
 
 #: Search-parameter grids of the sweep, per parameter name.
-DEFAULT_GRIDS = {"nprobe": (1, 2, 4, 8, 16, 32, 64), "efSearch": (16, 32, 64, 128, 256), "nflip": (0, 1, 2)}
+DEFAULT_GRIDS = {"nprobe": (1, 2, 4, 8, 16, 32, 64), "efSearch": (16, 32, 64, 128, 256), "nflip": (0, 1, 2),
+                 "quantizer_efSearch": (16, 32, 64, 128)}
 BUILD_RECORD = "build.json"
 
 
@@ -124,12 +126,8 @@ def measure_sweep(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
         if index is None:
             continue
         record = json.loads((cache / cache_name(spec) / BUILD_RECORD).read_text())
-        param = KINDS[index.spec.kind].params[0] if KINDS[index.spec.kind].params else None
-        values = [v for v in cfg.grids.get(param, ())
-                  if param != "nprobe" or v <= index.spec.args[0]] if param else []
-        for value in values or [None]:
-            if value is not None:
-                index.set_search_params(**{param: value})
+        for params in grid(index.spec, cfg.grids):
+            index.set_search_params(**params)
             measure(index, str(index.spec), record)
         del index
     flat_again = measure(flat, "flat", {"build_s": None, "memory_bytes": hashindex_bytes(flat)})
@@ -140,6 +138,14 @@ def measure_sweep(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
     result["elapsed_s"] = time.perf_counter() - start
     result["environment"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
+
+
+def grid(spec: IndexSpec, grids: dict) -> list[dict]:
+    """Every combination of the kind's search parameters over ``grids`` (``nprobe`` up to nlist);
+    a parameter without a grid keeps its default, and a kind without parameters gives ``[{}]``."""
+    axes = [[(name, v) for v in grids.get(name, ()) if name != "nprobe" or v <= spec.args[0]]
+            for name in KINDS[spec.kind].params]
+    return [dict(combo) for combo in itertools.product(*[axis for axis in axes if axis])]
 
 
 def _load_cached(folder: Path, result: dict, spec: str, log) -> HashIndex | None:
@@ -163,7 +169,7 @@ def _measure_auto(cfg: SweepConfig, cache: Path, request: str, codes: SyntheticC
     hand_index = None
     if hand is not None:
         base = parse_spec(hand["spec"])
-        hand_index = HashIndex.load(cache / cache_name(str(type(base)(base.kind, base.args))))
+        hand_index = HashIndex.load(cache / cache_name(str(IndexSpec(base.kind, base.args))))
         hand_index.set_search_params(**base.params)
         fns["hand"] = lambda q, k: hand_index.search(q, k)
     single = time_single(fns, codes.queries, cfg.k, cfg.budget_s * 2, len(codes.queries))

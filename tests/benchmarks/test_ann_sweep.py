@@ -10,6 +10,7 @@ import pytest
 from hashindex.bench import distance_recall
 from hashindex.bench.sweep import BUILD_RECORD, SweepConfig, build_indexes, cache_name, measure_sweep, sweep_markdown
 from hashindex.index import HashIndex
+from hashindex.spec import parse_spec
 from hashindex.testing import brute_force_knn
 
 
@@ -17,7 +18,7 @@ from hashindex.testing import brute_force_knn
 def swept(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     cfg = SweepConfig(data="clustered60-perturbed", size=6000, queries=40, specs=("IVF32", "IVF64_HNSW8_sampled"),
-                      auto=(), grids={"nprobe": (1, 4, 32, 64)}, budget_s=0.02, batch=40)
+                      auto=(), grids={"nprobe": (1, 4, 32, 64), "quantizer_efSearch": (16, 64)}, budget_s=0.02, batch=40)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -47,13 +48,13 @@ def test_every_configuration_is_measured_and_recall_matches_brute_force(swept):
     specs = [r["spec"] for r in result["rows"]]
     assert specs[0] == specs[-1] == "flat"  # timed before and after the sweep
     assert [s for s in specs if s.startswith("IVF32,")] == [f"IVF32,nprobe={p}" for p in (1, 4, 32)]  # <= nlist
-    assert len([s for s in specs if "sampled" in s]) == 4
+    assert len([s for s in specs if "sampled" in s]) == 4 * 2  # nprobe x quantizer_efSearch
     assert result["missing"] == ["HNSW8"]
     for row in result["rows"]:
         index = HashIndex.load(next(cache.iterdir()) / cache_name(row["spec"].split(",")[0])) \
             if row["spec"] != "flat" else None
         if index is not None:
-            index.set_search_params(**{"nprobe": int(row["spec"].split("=")[1])})
+            index.set_search_params(**parse_spec(row["spec"]).params)
             expected = distance_recall(codes.queries, codes.database, index.search(codes.queries, cfg.k)[1], kth)
             assert row["recall"] == pytest.approx(expected)
         assert 0 <= row["recall"] <= 1 and row["latency_ms"]["samples"] >= 5
