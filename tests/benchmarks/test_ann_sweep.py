@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hashindex.bench import distance_recall
-from hashindex.bench.sweep import BUILD_RECORD, SweepConfig, build_indexes, cache_name, measure_sweep, sweep_markdown
+from hashindex.bench.sweep import (BUILD_RECORD, SweepConfig, build_indexes, cache_name, grid, measure_sweep,
+                                   sweep_markdown)
 from hashindex.index import HashIndex
 from hashindex.spec import parse_spec
 from hashindex.testing import brute_force_knn
@@ -70,3 +71,12 @@ def test_summary_and_markdown_name_the_best_configuration(swept):
     text = sweep_markdown(result)
     assert f"`{best['spec']}`" in text and "Not built: `HNSW8`" in text
     assert text.count("\n| ") == len(result["rows"]) + 1  # header + one line per configuration
+
+
+def test_grid_crosses_the_kinds_parameters_and_caps_nprobe_at_nlist():
+    grids = {"nprobe": (1, 8, 64), "quantizer_efSearch": (16, 32), "efSearch": (10,)}
+    assert grid(parse_spec("IVF16_HNSW8"), grids) == [
+        {"nprobe": p, "quantizer_efSearch": e} for p in (1, 8) for e in (16, 32)]
+    assert grid(parse_spec("IVF16"), {"quantizer_efSearch": (16,)}) == [{}]  # no nprobe grid: default
+    assert grid(parse_spec("flat"), grids) == [{}]
+    assert grid(parse_spec("HNSW8"), grids) == [{"efSearch": 10}]

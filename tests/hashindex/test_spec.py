@@ -39,6 +39,18 @@ def test_sampled_ivf_takes_database_codes_as_centroids_and_finds_the_neighbours(
     assert recalls[0] < recalls[-1] and recalls[-1] >= 0.95, recalls
 
 
+def test_quantizer_ef_search_is_set_on_the_hnsw_quantiser_and_survives_save_load(tmp_path, rng):
+    index = HashIndex(64, "IVF16_HNSW8_sampled,quantizer_efSearch=48,nprobe=3")
+    assert str(index.spec) == "IVF16_HNSW8_sampled,nprobe=3,quantizer_efSearch=48"
+    index.add(rng.integers(0, 256, size=(400, 8), dtype=np.uint8))
+    index.save(tmp_path / "idx")
+    for ix in (index, HashIndex.load(tmp_path / "idx")):
+        assert faiss.downcast_IndexBinary(ix.faiss_index.quantizer).hnsw.efSearch == 48
+        assert ix.faiss_index.nprobe == 3
+    with pytest.raises(ValueError, match="parameters for this index"):
+        parse_spec("IVF16,quantizer_efSearch=4")  # a flat quantiser has no search depth
+
+
 def test_sampled_ivf_needs_as_many_codes_as_lists(rng):
     with pytest.raises(ValueError, match="at least 64 codes"):
         HashIndex(64, "IVF64_HNSW8_sampled").add(rng.integers(0, 256, size=(40, 8), dtype=np.uint8))
