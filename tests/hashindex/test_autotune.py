@@ -45,7 +45,7 @@ def test_choose_nlist_is_near_sqrt_n(n, nlist):
 
 
 @pytest.mark.parametrize("n, sampled, hnsw", [(10_000_000, "IVF65536_HNSW32_sampled", False),
-                                               (1_000_000, "IVF8192_HNSW32_sampled", True),
+                                               (1_000_000, "IVF8192_HNSW32_sampled", False),
                                                (12_000, "IVF64_HNSW32_sampled", True)])
 def test_candidates_cover_every_kind_within_their_size_limits(n, sampled, hnsw):
     specs = [str(s) for s in autotune.candidate_specs(n, 64)]
