@@ -19,6 +19,7 @@ from pathlib import Path
 
 import faiss
 
+from hashindex.bench.plots import plot_sweep
 from hashindex.bench.report import jsonable
 from hashindex.bench.sweep import SweepConfig, build_indexes, measure_sweep, sweep_markdown
 from hashindex.durable import write_json_atomic
@@ -49,6 +50,7 @@ def main() -> None:
     result = measure_sweep(cfg, args.cache)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    result["files"] = plot_sweep(result, out, args.name)
     write_json_atomic(out / f"{args.name}.json", json.loads(json.dumps(result, default=jsonable)))
     (out / f"{args.name}.md").write_text(sweep_markdown(result), encoding="utf-8")
     print(f"wrote {out / args.name}.json / .md")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hashindex.bench import distance_recall
+from hashindex.bench.plots import plot_sweep
 from hashindex.bench.sweep import (BUILD_RECORD, SweepConfig, build_indexes, cache_name, grid, measure_sweep,
                                    sweep_markdown)
 from hashindex.index import HashIndex
@@ -71,6 +72,12 @@ def test_summary_and_markdown_name_the_best_configuration(swept):
     text = sweep_markdown(result)
     assert f"`{best['spec']}`" in text and "Not built: `HNSW8`" in text
     assert text.count("\n| ") == len(result["rows"]) + 1  # header + one line per configuration
+
+
+def test_plot_is_drawn(swept, tmp_path):
+    *_, result = swept
+    files = plot_sweep(result, tmp_path, "sweep")
+    assert (tmp_path / "sweep_latency_recall.png").stat().st_size > 0 and list(files) == ["latency_vs_recall"]
 
 
 def test_grid_crosses_the_kinds_parameters_and_caps_nprobe_at_nlist():
