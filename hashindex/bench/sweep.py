@@ -59,6 +59,12 @@ class SweepConfig:
                                encoder_codes=self.encoder_codes)
 
 
+def cache_folder(cfg: SweepConfig, cache: str | os.PathLike) -> Path:
+    """Where ``cfg``'s indexes live under ``cache``: one folder per database. The query mode is
+    not part of it (``clustered10000`` and ``clustered10000-perturbed`` share one database)."""
+    return Path(cache) / f"{cfg.data.removesuffix('-perturbed')}-{cfg.size}-{cfg.bits}-seed{cfg.seed}"
+
+
 def cache_name(spec: str) -> str:
     """A folder name for ``spec`` (its canonical form, commas and ``=`` made safe)."""
     return str(parse_spec(spec)).replace(",", "_").replace("=", "-")
@@ -68,7 +74,7 @@ def build_indexes(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
                   codes: SyntheticCodes | None = None) -> dict[str, dict]:
     """Build every spec of ``cfg`` (and each ``auto`` request) not yet in ``cache`` and save it
     with its build record (seconds, bytes). Returns the build records by spec."""
-    cache = Path(cache) / f"{cfg.data}-{cfg.size}-{cfg.bits}-seed{cfg.seed}"
+    cache = cache_folder(cfg, cache)
     codes = codes or cfg.codes()
     records = {}
     for spec in (*cfg.specs, *cfg.auto):
@@ -97,7 +103,7 @@ def measure_sweep(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
     """Time flat and every cached index over its parameter grid; ``auto`` beside the fastest
     hand-set configuration reaching its requested recall, in alternation. Returns the results
     (rows, flat latency, ratios) as a JSON-able dict."""
-    cache = Path(cache) / f"{cfg.data}-{cfg.size}-{cfg.bits}-seed{cfg.seed}"
+    cache = cache_folder(cfg, cache)
     codes = codes or cfg.codes()
     start = time.perf_counter()
     result: dict = {"benchmark": "hashindex spec sweep", "environment": environment(), "config": asdict(cfg),

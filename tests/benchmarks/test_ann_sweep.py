@@ -9,8 +9,8 @@ import pytest
 
 from hashindex.bench import distance_recall
 from hashindex.bench.plots import plot_sweep
-from hashindex.bench.sweep import (BUILD_RECORD, SweepConfig, build_indexes, cache_name, grid, measure_sweep,
-                                   sweep_markdown)
+from hashindex.bench.sweep import (BUILD_RECORD, SweepConfig, build_indexes, cache_folder, cache_name, grid,
+                                   measure_sweep, sweep_markdown)
 from hashindex.index import HashIndex
 from hashindex.spec import parse_spec
 from hashindex.testing import brute_force_knn
@@ -37,7 +37,7 @@ def test_builds_are_recorded_and_reused(swept):
     cfg, cache, built, again, _ = swept
     assert again == built  # the second call read the records, built nothing
     for spec in cfg.specs:
-        folder = next(cache.iterdir()) / cache_name(spec)
+        folder = cache_folder(cfg, cache) / cache_name(spec)
         record = json.loads((folder / BUILD_RECORD).read_text())
         assert record["build_s"] > 0 and record["memory_bytes"] > cfg.size * 8
         assert len(HashIndex.load(folder)) == cfg.size
@@ -53,7 +53,7 @@ def test_every_configuration_is_measured_and_recall_matches_brute_force(swept):
     assert len([s for s in specs if "sampled" in s]) == 4 * 2  # nprobe x quantizer_efSearch
     assert result["missing"] == ["HNSW8"]
     for row in result["rows"]:
-        index = HashIndex.load(next(cache.iterdir()) / cache_name(row["spec"].split(",")[0])) \
+        index = HashIndex.load(cache_folder(cfg, cache) / cache_name(row["spec"].split(",")[0])) \
             if row["spec"] != "flat" else None
         if index is not None:
             index.set_search_params(**parse_spec(row["spec"]).params)
@@ -87,3 +87,16 @@ def test_grid_crosses_the_kinds_parameters_and_caps_nprobe_at_nlist():
     assert grid(parse_spec("IVF16"), {"quantizer_efSearch": (16,)}) == [{}]  # no nprobe grid: default
     assert grid(parse_spec("flat"), grids) == [{}]
     assert grid(parse_spec("HNSW8"), grids) == [{"efSearch": 10}]
+
+
+def test_held_out_queries_reuse_the_builds_of_the_same_database(swept):
+    cfg, cache, *_ = swept
+    fresh = SweepConfig(**{**cfg.__dict__, "data": "clustered60", "grids": {"nprobe": (32,)}})
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        result = measure_sweep(fresh, cache, log=lambda m: None)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert result["missing"] == [] and "fresh codes" in result["generator"]
+    assert [r["recall"] for r in result["rows"] if r["spec"] == "IVF32,nprobe=32"] == [1.0]  # every list
