@@ -27,7 +27,7 @@ from ..spec import KINDS, IndexSpec, parse_spec
 from ..timing import environment, time_single, timed
 from .harness import TARGET_RECALL, distance_recall, time_batch
 from .sections import hashindex_bytes
-from .targets import AUTO_SLOWDOWN, BEST_MS, BEST_VS_FLAT
+from .targets import AUTO_SLOWDOWN, BEST_MS, BEST_VS_FLAT, fastest_row
 
 #: Search-parameter grids of the sweep, per parameter name.
 DEFAULT_GRIDS = {"nprobe": (1, 2, 4, 8, 16, 32, 64), "efSearch": (16, 32, 64, 128, 256), "nflip": (0, 1, 2),
@@ -139,7 +139,7 @@ def measure_sweep(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
     flat_again = measure(flat, "flat", {"build_s": None, "memory_bytes": hashindex_bytes(flat)})
     flat_ms = float(np.mean([flat_row["latency_ms"]["median_ms"], flat_again["latency_ms"]["median_ms"]]))
     result["flat_ms"] = flat_ms
-    best = fastest(result["rows"], TARGET_RECALL, exclude=("flat",))
+    best = approximate_best(result["rows"], TARGET_RECALL)
     if best is not None:  # flat and the best configuration in alternation: one ratio under one load
         best_index = _load_config(cache, best["spec"])
         paired = time_single({"flat": lambda q, k: flat.search(q, k), "best": lambda q, k: best_index.search(q, k)},
@@ -188,7 +188,7 @@ def _measure_auto(cfg: SweepConfig, cache: Path, request: str, codes: SyntheticC
         return None
     record = json.loads((cache / cache_name(request) / BUILD_RECORD).read_text())
     target = parse_spec(request).params.get("recall", TARGET_RECALL)
-    hand = fastest(result["rows"], target, exclude=("flat",))
+    hand = approximate_best(result["rows"], target)
     fns = {"auto": lambda q, k: auto.search(q, k)}
     if hand is not None:
         hand_index = _load_config(cache, hand["spec"])
@@ -209,15 +209,14 @@ def _measure_auto(cfg: SweepConfig, cache: Path, request: str, codes: SyntheticC
     return out
 
 
-def fastest(rows: list[dict], min_recall: float, exclude: tuple[str, ...] = ()) -> dict | None:
-    """The row with the lowest median single-query latency among those reaching ``min_recall``."""
-    pool = [r for r in rows if r["recall"] >= min_recall and r["spec"] not in exclude]
-    return min(pool, key=lambda r: r["latency_ms"]["median_ms"]) if pool else None
+def approximate_best(rows: list[dict], min_recall: float) -> dict | None:
+    """The fastest non-flat row (median single-query latency) reaching ``min_recall``."""
+    return fastest_row([r for r in rows if r["spec"] != "flat"], min_recall)
 
 
 def summarise(result: dict) -> dict:
     """The issue's goals read off a sweep: best config at recall >= 0.95 vs flat, and auto vs it."""
-    best = fastest(result["rows"], TARGET_RECALL, exclude=("flat",))
+    best = approximate_best(result["rows"], TARGET_RECALL)
     summary: dict = {"flat_ms": result["flat_ms"], "best": None}
     if best is not None:
         paired = result.get("paired_best")

@@ -4,7 +4,6 @@ missing, and every recall figure agrees with brute force (no timing assertions).
 import json
 
 import faiss
-import numpy as np
 import pytest
 
 from hashindex.bench import distance_recall
