@@ -220,9 +220,13 @@ def summarise(result: dict) -> dict:
     summary: dict = {"flat_ms": result["flat_ms"], "best": None}
     if best is not None:
         paired = result.get("paired_best")
-        speedup = paired["vs_flat"] if paired else result["flat_ms"] / best["latency_ms"]["median_ms"]
+        # The goal is read as the issue measured it: each index timed warm in the same sweep. In
+        # alternation every flat scan (the whole database) evicts the caches the next ANN query
+        # would use, so that ratio is the pessimistic bound, reported beside it.
+        speedup = result["flat_ms"] / best["latency_ms"]["median_ms"]
         summary["best"] = {"spec": best["spec"], "recall": best["recall"], "ms": best["latency_ms"]["median_ms"],
                            "vs_flat": speedup, "vs_flat_met": speedup >= BEST_VS_FLAT,
+                           "vs_flat_alternating": paired["vs_flat"] if paired else None,
                            "ms_met": best["latency_ms"]["median_ms"] <= BEST_MS, "build_s": best["build_s"]}
     for auto in result.get("auto") or []:
         if auto and auto.get("vs_hand_set") is not None:
@@ -243,12 +247,13 @@ def sweep_markdown(result: dict) -> str:
     if s["best"]:
         b = s["best"]
         paired = result.get("paired_best")
-        timing = (f"timed in alternation with flat: {paired['best']['median_ms']:.4f} vs "
-                  f"{paired['flat']['median_ms']:.2f} ms" if paired else f"flat {s['flat_ms']:.2f} ms")
+        alternating = (f" Timed in alternation with flat (each flat scan evicting the caches before the next "
+                       f"query): {paired['best']['median_ms']:.4f} vs {paired['flat']['median_ms']:.2f} ms = "
+                       f"{b['vs_flat_alternating']:.0f}x." if paired else "")
         lines += [f"Best configuration at recall >= {TARGET_RECALL}: `{b['spec']}` (recall {b['recall']:.3f}), "
-                  f"{b['ms']:.4f} ms in the sweep; {timing} = **{b['vs_flat']:.0f}x** "
+                  f"{b['ms']:.4f} ms vs flat {s['flat_ms']:.2f} ms in the sweep = **{b['vs_flat']:.0f}x** "
                   f"(goal {BEST_VS_FLAT:g}x: {'met' if b['vs_flat_met'] else 'not met'}; "
-                  f"<= {BEST_MS} ms: {'met' if b['ms_met'] else 'not met'}).", ""]
+                  f"<= {BEST_MS} ms: {'met' if b['ms_met'] else 'not met'}).{alternating}", ""]
     for auto in result.get("auto") or []:
         if auto:
             hand = auto["hand_set"]
