@@ -151,7 +151,7 @@ class HashIndex:
         if len(packed) > limit:
             rows = np.random.default_rng(0).choice(len(packed), limit, replace=False)
             packed = packed[np.sort(rows)]
-        self._index.train(self._faiss_codes(packed))
+        self.spec.train(self._index, self._faiss_codes(packed))
 
     def add(self, codes, labels=None, features=None, ids=None) -> None:
         """Add codes with optional labels (int, ``-1`` = none), features ``(n, d)`` and ids.

@@ -15,7 +15,7 @@ import numpy as np
 from .spec import IndexSpec
 
 #: Kinds whose stored codes can be read back (label filters and removal need them).
-READABLE_KINDS = ("flat", "IVF", "IVF_HNSW", "HNSW")
+READABLE_KINDS = ("flat", "IVF", "IVF_HNSW", "IVF_HNSW_sampled", "HNSW")
 
 
 def _check_readable(spec: IndexSpec, what: str) -> None:

@@ -108,3 +108,37 @@ def plot_results(result: dict, out_dir: Path, name: str) -> dict:
         fig.savefig(path, dpi=110)
         files["widths"] = str(path)
     return files
+
+
+def plot_sweep(result: dict, out_dir: Path, name: str) -> dict:
+    """Single-query latency vs recall of a spec sweep, one line per built index (and per
+    ``quantizer_efSearch``), flat and the issue's latency goal as horizontal lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .targets import BEST_VS_FLAT
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in result["rows"]:
+        if row["spec"] != "flat":
+            head, *params = row["spec"].split(",")
+            label = ",".join([head] + [p for p in params if not p.startswith(("nprobe", "efSearch", "nflip"))])
+            series.setdefault(label, []).append((row["recall"], row["latency_ms"]["median_ms"]))
+    fig = Figure(figsize=(7, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, points in series.items():
+        ax.plot(*zip(*sorted(points)), marker="o", markersize=3, label=label)
+    ax.axhline(result["flat_ms"], color="k", linestyle="--", label=f"flat ({result['flat_ms']:.1f} ms)")
+    ax.axhline(result["flat_ms"] / BEST_VS_FLAT, color="r", linestyle=":", label=f"flat / {BEST_VS_FLAT:g}")
+    ax.axvline(TARGET_RECALL, color="grey", linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"distance recall@{result['config']['k']}")
+    ax.set_ylabel("single-query median latency (ms)")
+    ax.set_title(f"{fmt_n(result['config']['size'])} {result['config']['data']} codes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    path = out_dir / f"{name}_latency_recall.png"
+    fig.savefig(path, dpi=110)
+    return {"latency_vs_recall": str(path)}

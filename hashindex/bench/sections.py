@@ -68,7 +68,7 @@ def _faiss_bytes(index: faiss.IndexBinary) -> int:
     return int(faiss.serialize_index_binary(index).nbytes)
 
 
-def _hashindex_bytes(index: HashIndex) -> int:
+def hashindex_bytes(index: HashIndex) -> int:
     extra = index.labels.nbytes + index.ids.nbytes
     if index.features is not None:
         extra += index.features.nbytes
@@ -106,7 +106,7 @@ def bench_kinds(ctx: Context, log, features: np.ndarray | None = None) -> tuple[
     m = _measure(ctx, fns)
     for k, figures in m["hashindex"].items():
         paired = None if hand is None else {"spec": hand["spec"], **m["faiss"][k]}
-        rows.append(ctx.row("hashindex", "auto", str(auto.spec), build, _hashindex_bytes(auto), k, figures,
+        rows.append(ctx.row("hashindex", "auto", str(auto.spec), build, hashindex_bytes(auto), k, figures,
                             auto=auto.metadata.get("auto"), paired_faiss=paired))
     return rows, {"ivf": ivf}
 
@@ -120,7 +120,7 @@ def _bench_exact(ctx: Context, add_rows, log) -> None:
     ctx.kth = {k: gt_D[:, k - 1] for k in cfg.ks}
     log(f"  flat built ({hi_build:.2f} s hashindex, {raw_build:.2f} s Faiss); ground truth in {gt_s:.1f} s")
     m = _measure(ctx, {"hashindex": _hashindex_fn(hi), "faiss": _faiss_fn(raw)})
-    add_rows("hashindex", "flat", "flat", hi_build, _hashindex_bytes(hi), m["hashindex"])
+    add_rows("hashindex", "flat", "flat", hi_build, hashindex_bytes(hi), m["hashindex"])
     add_rows("faiss", "flat", "IndexBinaryFlat", raw_build, _faiss_bytes(raw), m["faiss"])
     if cfg.numpy:
         npy, build = timed(lambda: NumpyHamming(db))
@@ -143,7 +143,7 @@ def _bench_ivf(ctx: Context, add_rows, log, features: np.ndarray | None, quantis
     train_rows = np.sort(rng.choice(ctx.size, size=min(ctx.size, cfg.train_per_list * nlist), replace=False))
     _, train_s = timed(lambda: ivf.train(db[train_rows]))
     _, add_s = timed(lambda: ivf.add(db, features=features))
-    memory = _hashindex_bytes(ivf) - (0 if features is None else features.nbytes)
+    memory = hashindex_bytes(ivf) - (0 if features is None else features.nbytes)
     log(f"  {ivf.spec}: trained in {train_s:.1f} s on {len(train_rows)} codes, filled in {add_s:.1f} s")
     _sweep(ctx, add_rows, ivf, [p for p in cfg.nprobes if p <= nlist], train_s + add_s, memory,
            train_s=train_s)
@@ -168,7 +168,7 @@ def _bench_hnsw(ctx: Context, add_rows, log) -> None:
     hnsw = HashIndex(ctx.bits, f"HNSW{cfg.hnsw_m}")
     hnsw.faiss_index.hnsw.efConstruction = cfg.hnsw_ef_construction
     _, build = timed(lambda: hnsw.add(db))
-    memory = _hashindex_bytes(hnsw)
+    memory = hashindex_bytes(hnsw)
     log(f"  HNSW{cfg.hnsw_m}: built in {build:.1f} s")
     _sweep(ctx, add_rows, hnsw, cfg.ef_searches, build, memory)
     del hnsw
@@ -189,7 +189,7 @@ def _bench_multihash(ctx: Context, add_rows, log) -> None:
     nhash = max(1, ctx.bits // cfg.multihash_bits)
     mh = HashIndex(ctx.bits, f"MultiHash{nhash}x{cfg.multihash_bits}")
     _, build = timed(lambda: mh.add(ctx.database))
-    memory = _hashindex_bytes(mh)
+    memory = hashindex_bytes(mh)
     log(f"  MultiHash{nhash}x{cfg.multihash_bits}: built in {build:.1f} s")
     _sweep(ctx, add_rows, mh, cfg.nflips, build, memory)
 
@@ -219,7 +219,7 @@ def bench_widths(cfg: BenchConfig, size: int, log) -> list[dict]:
         # checked against it, so a padding error would show as recall < 1 on one of the two.
         ctx.kth = {8: hi.search(codes.queries, 8)[0][:, 7]}
         m = _measure(ctx, {"hashindex": _hashindex_fn(hi), "faiss": _faiss_fn(raw)})
-        rows.append(ctx.row("hashindex", "flat", "flat", hi_build, _hashindex_bytes(hi), 8, m["hashindex"][8],
+        rows.append(ctx.row("hashindex", "flat", "flat", hi_build, hashindex_bytes(hi), 8, m["hashindex"][8],
                             section="widths", faiss_bits=hi.faiss_bits))
         rows.append(ctx.row("faiss", "flat", "IndexBinaryFlat", raw_build, _faiss_bytes(raw), 8, m["faiss"][8],
                             section="widths", faiss_bits=bits))

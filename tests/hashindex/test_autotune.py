@@ -44,6 +44,15 @@ def test_choose_nlist_is_near_sqrt_n(n, nlist):
     assert choose_nlist(n) == nlist
 
 
+@pytest.mark.parametrize("n, sampled, hnsw", [(10_000_000, "IVF65536_HNSW32_sampled", False),
+                                               (1_000_000, "IVF8192_HNSW32_sampled", False),
+                                               (12_000, "IVF64_HNSW32_sampled", True)])
+def test_candidates_cover_every_kind_within_their_size_limits(n, sampled, hnsw):
+    specs = [str(s) for s in autotune.candidate_specs(n, 64)]
+    assert specs[:3] == [f"IVF{choose_nlist(n)}", sampled, "MultiHash4x16"]
+    assert ("HNSW32" in specs) == hnsw
+
+
 def test_drop_sources_by_hand():
     # Two queries made from database rows 5 and 7, k = 2, results of k + 1 = 3.
     D = np.array([[1, 2, 4], [2, 3, 9]])
@@ -147,10 +156,11 @@ def test_auto_keeps_its_recall_on_queries_not_in_the_index(n_clusters, seed, que
     (held-out codes, or stored codes with 5 % of bits flipped), on splits auto never saw."""
     data = synthetic_codes(12_000, 600, 64, "clustered", n_clusters=n_clusters, queries=queries, seed=seed)
     choice = build_auto(data.database, 64, {"recall": recall}, compare_latency=False)
-    assert choice.spec.kind in ("IVF", "MultiHash")
+    assert choice.spec.kind in ("IVF", "IVF_HNSW_sampled", "MultiHash", "HNSW")
     assert choice.report["recall"] >= recall and choice.report["request_met"]
     assert "not in the index" in choice.report["calibration"]
-    assert {c["spec"] for c in choice.report["candidates"]} == {"IVF128", "MultiHash4x16"}
+    assert {c["spec"] for c in choice.report["candidates"]} == {"IVF128", "IVF64_HNSW32_sampled", "MultiHash4x16",
+                                                                 "HNSW32"}
     assert all(c["build_s"] > 0 and c["memory_bytes"] > len(data.database) * 8 for c in choice.report["candidates"])
     _, I = choice.index.search(data.queries, 8)
     kth = brute_force_knn(data.queries, data.database, 8)[0][:, 7]
@@ -200,7 +210,7 @@ def test_generous_latency_budget_keeps_exact_flat(clustered):
 def test_hashindex_auto_saves_the_resolved_spec(tmp_path, clustered):
     index = HashIndex(64, "auto,recall=0.9")
     index.add(clustered.database)
-    assert index.spec.kind in ("flat", "IVF", "MultiHash")  # which one depends on measured latency
+    assert index.spec.kind in ("flat", "IVF", "IVF_HNSW_sampled", "MultiHash", "HNSW")  # by measured latency
     report = index.metadata["auto"]
     assert report["request"]["recall"] == 0.9 and report["recall"] >= 0.9
     index.add(clustered.queries[:10])  # later adds grow the chosen index

@@ -5,9 +5,12 @@ import faiss
 
 from hashindex import HashIndex, parse_spec
 from hashindex.spec import KINDS
+from hashindex.bench import distance_recall
+from hashindex.datasets import synthetic_codes
 from hashindex.testing import brute_force_knn, hamming_matrix
 
-DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "IVF16_HNSW8", "IVF16_HNSW8,nprobe=4", "HNSW16",
+DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "IVF16_HNSW8", "IVF16_HNSW8,nprobe=4", "IVF16_HNSW8_sampled",
+                    "IVF16_HNSW8_sampled,nprobe=4", "HNSW16",
                     "HNSW16,efSearch=32", "MultiHash4x16", "MultiHash2x8,nflip=1", "Hash16", "Hash16,nflip=1"]
 FACTORY_STRINGS = {"BFlat": "flat", "BIVF16": "IVF16", "BIVF16_HNSW8,nprobe=2": "IVF16_HNSW8,nprobe=2",
                    "BHNSW16": "HNSW16", "BHash4x16": "MultiHash4x16", "BHash16,nflip=1": "Hash16,nflip=1"}
@@ -15,7 +18,42 @@ FACTORY_STRINGS = {"BFlat": "flat", "BIVF16": "IVF16", "BIVF16_HNSW8,nprobe=2": 
 
 def test_every_registered_kind_is_documented_and_tested():
     assert {parse_spec(spec).kind for spec in DOCUMENTED_SPECS} == set(KINDS)
-    assert {parse_spec(spec).kind for spec in FACTORY_STRINGS} == set(KINDS)
+    # A sampled kind builds the same Faiss index as its k-means twin: no factory string of its own.
+    assert {parse_spec(spec).kind for spec in FACTORY_STRINGS} == {k.name for k in KINDS.values() if not k.sampled}
+
+
+def test_sampled_ivf_takes_database_codes_as_centroids_and_finds_the_neighbours():
+    data = synthetic_codes(3000, 40, 64, "clustered", n_clusters=20, queries="perturbed", seed=3)
+    index = HashIndex(64, "IVF64_HNSW8_sampled")
+    index.add(data.database)
+    quantiser = faiss.downcast_IndexBinary(index.faiss_index.quantizer)
+    centroids = quantiser.storage.reconstruct_n(0, quantiser.ntotal)
+    assert len(centroids) == 64
+    stored = {bytes(row) for row in data.database}
+    assert all(bytes(c) in stored for c in centroids)  # no k-means: every centroid is a stored code
+    kth = brute_force_knn(data.queries, data.database, 8)[0][:, 7]
+    recalls = []
+    for nprobe in (1, 8, 32):
+        index.set_search_params(nprobe=nprobe)
+        recalls.append(distance_recall(data.queries, data.database, index.search(data.queries, k=8)[1], kth))
+    assert recalls[0] < recalls[-1] and recalls[-1] >= 0.95, recalls
+
+
+def test_quantizer_ef_search_is_set_on_the_hnsw_quantiser_and_survives_save_load(tmp_path, rng):
+    index = HashIndex(64, "IVF16_HNSW8_sampled,quantizer_efSearch=48,nprobe=3")
+    assert str(index.spec) == "IVF16_HNSW8_sampled,nprobe=3,quantizer_efSearch=48"
+    index.add(rng.integers(0, 256, size=(400, 8), dtype=np.uint8))
+    index.save(tmp_path / "idx")
+    for ix in (index, HashIndex.load(tmp_path / "idx")):
+        assert faiss.downcast_IndexBinary(ix.faiss_index.quantizer).hnsw.efSearch == 48
+        assert ix.faiss_index.nprobe == 3
+    with pytest.raises(ValueError, match="parameters for this index"):
+        parse_spec("IVF16,quantizer_efSearch=4")  # a flat quantiser has no search depth
+
+
+def test_sampled_ivf_needs_as_many_codes_as_lists(rng):
+    with pytest.raises(ValueError, match="at least 64 codes"):
+        HashIndex(64, "IVF64_HNSW8_sampled").add(rng.integers(0, 256, size=(40, 8), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("factory", sorted(FACTORY_STRINGS))
