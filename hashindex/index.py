@@ -249,13 +249,16 @@ class HashIndex:
 
     @classmethod
     def from_shards(cls, directory, spec: "str | IndexSpec" = "flat", *, features: bool = True,
-                    progress: bool = True, device: str = "cpu") -> "HashIndex":
-        """Load every shard of a store (codes, labels, ids and, if stored, features)."""
+                    progress: bool = True, device: str = "cpu",
+                    engine: "str | dict[int, str] | None" = None) -> "HashIndex":
+        """Load every shard of a store (codes, labels, ids and, if stored, features);
+        ``device`` and ``engine`` as in the constructor."""
         reader = ShardReader(directory)
         fields = ["codes", "labels", "ids"] + (["features"] if features and reader.feature_dim else [])
         data = reader.read(fields, progress=progress)
         index = cls(bits=reader.bits, spec=spec, class_names=reader.class_names,
-                    metadata={**reader.info.metadata, "shards": str(Path(directory).resolve())}, device=device)
+                    metadata={**reader.info.metadata, "shards": str(Path(directory).resolve())}, device=device,
+                    engine=engine)
         index.add(data["codes"], labels=data["labels"], features=data.get("features"), ids=data["ids"])
         return index
 
@@ -425,9 +428,15 @@ class HashIndex:
         except (OSError, ShardError):
             return False
         return directory == self._saved[0] or directory.resolve() == self._saved[0]
+
     @classmethod
-    def load(cls, directory, bits: int | None = None, device: str = "cpu") -> "HashIndex":
+    def load(cls, directory, bits: int | None = None, device: str = "cpu",
+             engine: "str | dict[int, str] | None" = None) -> "HashIndex":
         """Load an index written by :meth:`save`; ``bits`` (optional) must match the saved width.
-        ``device`` ("cpu" | "gpu" | "auto") is where searches run; it is not saved with the index.
-        Every file is checked against the CRC-32 its save recorded (``ShardError`` naming the file)."""
-        return load_saved(cls, directory, bits, device)
+        ``device`` ("cpu" | "gpu" | "auto") and ``engine`` (as in the constructor) say where
+        searches run; neither is saved with the index. Every file is checked against the CRC-32
+        its save recorded (``ShardError`` naming the file)."""
+        index = load_saved(cls, directory, bits, device)
+        if engine is not None:
+            index._routing = FlatRouting(device, engine)
+        return index

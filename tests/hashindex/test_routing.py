@@ -177,6 +177,21 @@ def test_hash_index_engine_forces_one_engine_or_a_table(fake_gpu_engine, rng):
     np.testing.assert_array_equal(I[:, 0], np.arange(64))
 
 
+def test_load_and_from_shards_take_an_engine(fake_gpu_engine, rng, tmp_path):
+    from hashindex import ShardWriter
+
+    db = rng.integers(0, 256, size=(300, 8), dtype=np.uint8)
+    with ShardWriter(tmp_path / "store", 64, shard_size=100) as writer:
+        writer.add(db, labels=np.zeros(len(db), dtype=np.int64))
+    built = HashIndex.from_shards(tmp_path / "store", engine="fake-gpu", progress=False)
+    built.save(tmp_path / "idx")
+    for index in (built, HashIndex.load(tmp_path / "idx", engine="fake-gpu")):
+        D, I = index.search(db[:5], 3)
+        assert index._routing._router.engines["fake-gpu"].calls == [5]
+        np.testing.assert_array_equal(I[:, 0], np.arange(5))
+    assert HashIndex.load(tmp_path / "idx")._routing.fixed is None  # the engine is not saved
+
+
 def test_hash_index_without_a_gpu_engine_is_not_routed(rng):
     index = HashIndex(64, device="cpu")
     index.add(rng.integers(0, 256, size=(100, 8), dtype=np.uint8))
