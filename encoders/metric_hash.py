@@ -81,7 +81,8 @@ class MetricHash(HashModel):
     so Proxy-Anchor's proxies train with the model and are saved with it."""
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
-                 quantization_weight: float = 0.1, balance_weight: float = 0.1, **config) -> None:
+                 quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
+                 **config) -> None:
         if not num_classes or num_classes < 2:
             raise ValueError(f"metric-learning hashing needs num_classes >= 2, got {num_classes}")
         metric_loss, miner = build_metric_loss(loss, num_classes, bits)
@@ -90,7 +91,20 @@ class MetricHash(HashModel):
         self.hash_fc = nn.Linear(net.feature_dim, bits)
         self.metric_loss, self.miner = metric_loss, miner
         self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
-        self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight)
+        if proxy_lr_scale <= 0:
+            raise ValueError(f"proxy_lr_scale must be > 0, got {proxy_lr_scale}")
+        self.proxy_lr_scale = proxy_lr_scale
+        self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight,
+                           proxy_lr_scale=proxy_lr_scale)
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """``backbone``, ``head`` (the hash layer) and ``loss`` (the metric loss: Proxy-Anchor's proxies)."""
+        return {"backbone": [self.backbone], "head": [self.hash_fc],
+                "loss": [m for m in (self.metric_loss, self.miner) if m is not None]}
+
+    def lr_scales(self) -> dict[str, float]:
+        # Proxies start random and each sees only its class's gradients: Proxy-Anchor trains them faster.
+        return {"loss": self.proxy_lr_scale}
 
     def forward_head(self, features: torch.Tensor) -> HashOutput:
         return HashOutput(features=features, codes=torch.tanh(self.hash_fc(features)))
@@ -102,33 +116,34 @@ class MetricHash(HashModel):
         return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight)
 
 
-def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, quantization_weight: float,
-                 balance_weight: float, backbone_kwargs: dict) -> MetricHash:
+def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, backbone_kwargs: dict,
+                 **head) -> MetricHash:
     net = create_backbone(backbone, **backbone_kwargs)
-    return MetricHash(net, bits, num_classes, loss=loss, quantization_weight=quantization_weight,
-                      balance_weight=balance_weight, backbone=backbone, **backbone_kwargs)
+    return MetricHash(net, bits, num_classes, loss=loss, backbone=backbone, **head, **backbone_kwargs)
 
 
 @register_encoder
 def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
-                      quantization_weight: float = 0.1, balance_weight: float = 0.1,
+                      quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
                       **backbone_kwargs) -> MetricHash:
-    """Proxy-Anchor loss on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("proxy_anchor", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+    """Proxy-Anchor loss on tanh codes, the proxies learning ``proxy_lr_scale`` times faster
+    than the network; extra keywords go to the backbone builder."""
+    return _metric_hash("proxy_anchor", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        proxy_lr_scale=proxy_lr_scale)
 
 
 @register_encoder
 def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
             balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
     """Multi-Similarity loss and miner on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("multi_similarity", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+    return _metric_hash("multi_similarity", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight)
 
 
 @register_encoder
 def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
                 quantization_weight: float = 0.1, balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
     """Supervised contrastive loss over the batch on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("supcon", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+    return _metric_hash("supcon", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight)
