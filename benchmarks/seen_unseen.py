@@ -23,7 +23,7 @@ Every step goes through the product's API: image folders -> ``train_encoder`` ->
     python benchmarks/seen_unseen.py --partitions tune --methods proxy_anchor,ms --epochs 4
     python benchmarks/seen_unseen.py --partitions report --device cuda
 
-Writes ``benchmarks/results/seen_unseen_<partitions>.json`` and ``.md``.
+Writes ``benchmarks/results/seen_unseen_<partitions>[_<name>].json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -216,6 +216,12 @@ METHODS = {
     # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
     "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
                                       init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
+    # Proxy-Anchor, noise aug., with its proxies learning 10x / 100x faster than the network.
+    "proxy_anchor_plr10": MethodSetup("Proxy-Anchor hash, noise aug., proxies 10x lr", "proxy_anchor_hash",
+                                      encoder_kwargs={"input_size": 32, "proxy_lr_scale": 10.0}, augment="shift_noise"),
+    "proxy_anchor_plr100": MethodSetup("Proxy-Anchor hash, noise aug., proxies 100x lr", "proxy_anchor_hash",
+                                       encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0},
+                                       augment="shift_noise"),
 }
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
 
@@ -370,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary folders go")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--name", default="", help="suffix of the result files: seen_unseen_<partitions>[_<name>]")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -407,7 +414,7 @@ def write_results(args, budget: Budget, partitions: list[Partition], done: int, 
                "complete": done == len(partitions), "methods": {m: asdict(METHODS[m]) for m in methods},
                "total_s": time.perf_counter() - clock[0], "cpu_s": time.process_time() - clock[1],
                "rows": rows, "summary": summary}
-    stem = args.out / f"seen_unseen_{args.partitions}"
+    stem = args.out / "_".join(filter(None, ("seen_unseen", args.partitions, args.name)))
     text = (f"Seen / unseen, {args.dataset}, {args.partitions} partitions "
             f"({', '.join(f'{p.name}: unseen {p.unseen}' for p in partitions[:done])}"
             f"{'' if payload['complete'] else f'; {done} of {len(partitions)} done'}); "

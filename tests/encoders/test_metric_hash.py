@@ -134,3 +134,22 @@ def test_proxies_learn_at_their_own_rate(digits_folder, tmp_path):
     assert load_encoder(save_encoder(model, tmp_path / "m.pt", class_names=list("abcd"))).proxy_lr_scale == 50.0
     with pytest.raises(ValueError, match="proxy_lr_scale must be > 0"):
         _tiny("proxy_anchor_hash", proxy_lr_scale=0)
+
+
+def test_classification_term_trains_a_classifier_on_the_codes(digits_folder):
+    images = list_images(digits_folder, supervised=True)
+    plain = _tiny("proxy_anchor_hash")
+    assert plain.classifier is None and plain(torch.randn(2, 3, 16, 16)).logits is None
+    model = _tiny("proxy_anchor_hash", classification_weight=0.5)
+    out = model(torch.randn(6, 3, 16, 16))
+    assert out.logits.shape == (6, 4)
+    labels = torch.arange(6) % 4
+    terms = model.default_loss()(out, labels)
+    expected = 0.5 * torch.nn.functional.cross_entropy(out.logits, labels)
+    assert terms["classification"].item() == pytest.approx(expected.item(), rel=1e-5)
+    history = train_model(model, images, TrainConfig(epochs=6, batch_size=40, lr=3e-3, device="cpu"), progress=False)
+    assert history[-1]["classification"] < history[0]["classification"]
+    assert history[-1]["train_accuracy"] > 0.6  # chance is 0.25
+    with pytest.raises(ValueError, match="needs a model that returns logits"):
+        MetricHashLoss(*build_metric_loss("proxy_anchor", 4, 16), classification_weight=1.0)(
+            plain(torch.randn(4, 3, 16, 16)), torch.arange(4))
