@@ -200,3 +200,23 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
         assert f"### {condition}\n" in table
     assert table.count("| HashNet from DLBHC | 16 |") == len(bench.CONDITIONS)
     assert payload["total_s"] > 0
+
+
+def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
+                                                              queries_per_class=4, epochs=1, batch_size=16))
+    args = ["--dataset", "digits", "--partitions", "tune", "--limit-partitions", "1", "--methods", "itq_pixels",
+            "--bits", "16", "--threads", "1", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        every = bench.main(args)
+        one = bench.main(args + ["--conditions", "shifted+noisy", "--name", "sn"])
+        with pytest.raises(SystemExit):
+            bench.main(args + ["--conditions", "blurred"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(one["summary"]["itq_pixels"]["16"]) == {"shifted+noisy"}
+    assert one["rows"][0]["conditions"]["shifted+noisy"] == every["rows"][0]["conditions"]["shifted+noisy"]
+    table = (tmp_path / "out" / "seen_unseen_tune_sn.md").read_text()
+    assert "### shifted+noisy\n" in table and "### clean" not in table
+    assert (tmp_path / "out" / "seen_unseen_tune.json").exists()
