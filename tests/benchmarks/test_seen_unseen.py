@@ -144,9 +144,13 @@ def test_score_matches_a_brute_force_recomputation(bench, monkeypatch):
 
     db, q = draw(120), draw(40)
     seen = (0, 1, 2, 4, 5, 7, 8)
-    got = bench.score(db, q, seen, bits=32, radius=6)
+    got = bench.score(db, q, seen, bits=32, radius=6, pools=(10, 30))
     expected = _reference(db, q, seen, k=8, map_k=50, candidates=30, radius=6)
-    assert set(got) == set(bench.METRICS) == set(expected)
+    assert set(got) == set(bench.METRICS) | {"unseen_vote_rerank_10", "unseen_vote_rerank_30"}
+    assert set(expected) == set(bench.METRICS)
+    assert got["unseen_vote_rerank_30"] == got["unseen_vote_rerank"]
+    smaller_pool = _reference(db, q, seen, k=8, map_k=50, candidates=10, radius=6)["unseen_vote_rerank"]
+    assert got["unseen_vote_rerank_10"] == pytest.approx(smaller_pool, abs=1e-12)
     for name in bench.METRICS:
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
     assert 0 < got["unseen_vote_radius"] < 1 and 0 < got["seen_mAP"] < 1
