@@ -109,7 +109,8 @@ class MetricHash(HashModel):
                            proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight)
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
-        """``backbone``, ``head`` (the hash layer, the classifier if any) and ``loss`` (the metric loss: Proxy-Anchor's proxies)."""
+        """``backbone``, ``head`` (the hash layer, the classifier if any) and ``loss`` (the
+        metric loss: Proxy-Anchor's proxies)."""
         return {"backbone": [self.backbone], "head": [m for m in (self.hash_fc, self.classifier) if m is not None],
                 "loss": [m for m in (self.metric_loss, self.miner) if m is not None]}
 
