@@ -21,6 +21,7 @@ Every step goes through the product's API: image folders -> ``train_encoder`` ->
 
     python benchmarks/seen_unseen.py --partitions report           # CPU, the README's run
     python benchmarks/seen_unseen.py --partitions tune --methods proxy_anchor,ms --epochs 4
+    python benchmarks/seen_unseen.py --partitions tune --only tune2 --conditions shifted+noisy --name t2
     python benchmarks/seen_unseen.py --partitions report --device cuda
 
 Writes ``benchmarks/results/seen_unseen_<partitions>[_<name>].json`` and ``.md``.

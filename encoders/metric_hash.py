@@ -106,7 +106,9 @@ class MetricHash(HashModel):
         # A linear classifier on the relaxed codes (as DLBHC's), only when its term is on.
         self.classifier = nn.Linear(bits, num_classes) if classification_weight else None
         self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight,
-                           proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight)
+                           classification_weight=classification_weight)
+        if loss == "proxy_anchor":  # the only loss with parameters (and the only builder taking the keyword)
+            self.config["proxy_lr_scale"] = proxy_lr_scale
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
         """``backbone``, ``head`` (the hash layer, the classifier if any) and ``loss`` (the
@@ -151,15 +153,20 @@ def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: 
 
 @register_encoder
 def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
-            balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
-    """Multi-Similarity loss and miner on tanh codes; extra keywords go to the backbone builder."""
+            balance_weight: float = 0.1, classification_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+    """Multi-Similarity loss and miner on tanh codes (plus an optional classification term, as
+    :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("multi_similarity", backbone, bits, num_classes, backbone_kwargs,
-                        quantization_weight=quantization_weight, balance_weight=balance_weight)
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        classification_weight=classification_weight)
 
 
 @register_encoder
 def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
-                quantization_weight: float = 0.1, balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
-    """Supervised contrastive loss over the batch on tanh codes; extra keywords go to the backbone builder."""
+                quantization_weight: float = 0.1, balance_weight: float = 0.1, classification_weight: float = 0.0,
+                **backbone_kwargs) -> MetricHash:
+    """Supervised contrastive loss over the batch on tanh codes (plus an optional classification
+    term, as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("supcon", backbone, bits, num_classes, backbone_kwargs,
-                        quantization_weight=quantization_weight, balance_weight=balance_weight)
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        classification_weight=classification_weight)

@@ -153,3 +153,12 @@ def test_classification_term_trains_a_classifier_on_the_codes(digits_folder):
     with pytest.raises(ValueError, match="needs a model that returns logits"):
         MetricHashLoss(*build_metric_loss("proxy_anchor", 4, 16), classification_weight=1.0)(
             plain(torch.randn(4, 3, 16, 16)), torch.arange(4))
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_every_variant_rebuilds_from_its_file(method, tmp_path):
+    model = _tiny(method, classification_weight=0.5).eval()
+    loaded = load_encoder(save_encoder(model, tmp_path / "m.pt", class_names=list("abcd")))
+    assert loaded.classification_weight == 0.5 and loaded.classifier is not None
+    x = torch.randn(3, 3, 16, 16)
+    np.testing.assert_array_equal(loaded.encode(x)[0], model.encode(x)[0])
