@@ -222,9 +222,7 @@ METHODS = {
     # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
     "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
                                       init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
-    # Proxy-Anchor, noise aug., with its proxies learning 10x / 100x faster than the network.
-    "proxy_anchor_plr10": MethodSetup("Proxy-Anchor hash, noise aug., proxies 10x lr", "proxy_anchor_hash",
-                                      encoder_kwargs={"input_size": 32, "proxy_lr_scale": 10.0}, augment="shift_noise"),
+    # Proxy-Anchor, noise aug., with its proxies learning 100x faster than the network.
     "proxy_anchor_plr100": MethodSetup("Proxy-Anchor hash, noise aug., proxies 100x lr", "proxy_anchor_hash",
                                        encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0},
                                        augment="shift_noise"),

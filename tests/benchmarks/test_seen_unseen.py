@@ -209,7 +209,7 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
 def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monkeypatch):
     monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
                                                               queries_per_class=4, epochs=1, batch_size=16))
-    args = ["--dataset", "digits", "--partitions", "tune", "--limit-partitions", "1", "--methods", "itq_pixels",
+    args = ["--dataset", "digits", "--partitions", "tune", "--only", "tune1", "--methods", "itq_pixels",
             "--bits", "16", "--threads", "1", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path)]
     threads = torch.get_num_threads()
     try:
@@ -219,6 +219,7 @@ def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monke
             bench.main(args + ["--conditions", "blurred"])
     finally:
         torch.set_num_threads(threads)
+    assert [p["name"] for p in every["partitions"]] == [p["name"] for p in one["partitions"]] == ["tune1"]
     assert set(one["summary"]["itq_pixels"]["16"]) == {"shifted+noisy"}
     assert one["rows"][0]["conditions"]["shifted+noisy"] == every["rows"][0]["conditions"]["shifted+noisy"]
     table = (tmp_path / "out" / "seen_unseen_tune_sn.md").read_text()
