@@ -21,9 +21,10 @@ Every step goes through the product's API: image folders -> ``train_encoder`` ->
 
     python benchmarks/seen_unseen.py --partitions report           # CPU, the README's run
     python benchmarks/seen_unseen.py --partitions tune --methods proxy_anchor,ms --epochs 4
+    python benchmarks/seen_unseen.py --partitions tune --only tune2 --conditions shifted+noisy --name t2
     python benchmarks/seen_unseen.py --partitions report --device cuda
 
-Writes ``benchmarks/results/seen_unseen_<partitions>.json`` and ``.md``.
+Writes ``benchmarks/results/seen_unseen_<partitions>[_<name>].json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -162,10 +163,12 @@ def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def score(db: dict, queries: dict, seen: tuple[int, ...], bits: int, radius: int) -> dict[str, float]:
+def score(db: dict, queries: dict, seen: tuple[int, ...], bits: int, radius: int,
+          pools: tuple[int, ...] = ()) -> dict[str, float]:
     """The :data:`METRICS` of one run: ``db`` and ``queries`` hold packed ``codes``, ``labels``
     and F7 ``features``; a flat index over ``db`` in its given order (Hamming ties go to the
-    lower position, as in :func:`hashindex.metrics.mean_average_precision`)."""
+    lower position, as in :func:`hashindex.metrics.mean_average_precision`). For each of
+    ``pools``, also ``unseen_vote_rerank_<pool>``: the F7 rerank of that many nearest codes."""
     index = HashIndex(bits=bits, spec="flat")
     index.add(db["codes"], labels=db["labels"], features=db["features"])
     out = {}
@@ -178,6 +181,9 @@ def score(db: dict, queries: dict, seen: tuple[int, ...], bits: int, radius: int
             index.vote(codes, k=K, features=features, candidates=CANDIDATES), labels)
     out["unseen_vote_radius"] = metrics.vote_accuracy(
         index.vote(codes, k=K, features=features, radius=radius), labels)
+    for pool in pools:
+        out[f"unseen_vote_rerank_{pool}"] = metrics.vote_accuracy(
+            index.vote(codes, k=K, features=features, candidates=pool), labels)
     return out
 
 
@@ -216,6 +222,15 @@ METHODS = {
     # Proxy-Anchor fine-tuning the trunk of DLBHC + mixup (both with noise aug.) for half the epochs.
     "proxy_anchor_trunk": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug.", "proxy_anchor_hash",
                                       init_trunk_from="dlbhc_noise", epochs_scale=0.5, augment="shift_noise"),
+    # Proxy-Anchor, noise aug., with its proxies learning 100x faster than the network.
+    "proxy_anchor_plr100": MethodSetup("Proxy-Anchor hash, noise aug., proxies 100x lr", "proxy_anchor_hash",
+                                       encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0},
+                                       augment="shift_noise"),
+    # ... and a classifier's cross-entropy on the codes beside the metric term (weight 1).
+    "proxy_anchor_cls": MethodSetup("Proxy-Anchor + classification hash, noise aug., proxies 100x lr",
+                                    "proxy_anchor_hash", augment="shift_noise",
+                                    encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0,
+                                                    "classification_weight": 1.0}),
 }
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
 
@@ -275,8 +290,11 @@ def encode(model, folder: Path, out: Path, run: Run) -> dict[str, np.ndarray]:
 
 def run_partition(partition: Partition, images: np.ndarray, labels: np.ndarray, methods: list[str],
                   bits_list: list[int], budget: Budget, *, radius: int | None, device: str, work_dir: Path | None,
-                  progress: bool, echo=print) -> list[dict]:
-    """Every method at every code length on one partition: one row per (method, bits)."""
+                  progress: bool, conditions: tuple[str, ...] = CONDITIONS, pools: tuple[int, ...] = (),
+                  echo=print) -> list[dict]:
+    """Every method at every code length on one partition: one row per (method, bits), scored
+    under ``conditions`` (every condition's queries are drawn all the same, so that each is the
+    same set of images whichever are scored); ``pools``: see :func:`score`."""
     rows = split_rows(labels, partition, budget)
     rng = np.random.default_rng(partition.seed)
     names = [str(c) for c in CLASSES]
@@ -307,15 +325,15 @@ def run_partition(partition: Partition, images: np.ndarray, labels: np.ndarray, 
                 db = {name: values[order] for name, values in db.items()}
                 row = {"partition": partition.name, "method": key, "bits": bits, "train_s": train_s,
                        "conditions": {}}
-                for condition in CONDITIONS:
+                for condition in conditions:
                     queries = encode(model, folders[condition], tmp / f"{key}-{bits}-{condition}", run)
                     row["conditions"][condition] = score(db, queries, partition.seen, bits,
-                                                         bits // 8 if radius is None else radius)
+                                                         bits // 8 if radius is None else radius, pools)
                 row["eval_s"] = time.perf_counter() - start
-                final = row["conditions"]["shifted+noisy"]
+                final = row["conditions"][conditions[-1]]
                 echo(f"[{partition.name} unseen {partition.unseen}] {METHODS[key].label} {bits} bits: "
                      f"seen mAP {final['seen_mAP']:.3f}, unseen vote {final['unseen_vote']:.3f} / rerank "
-                     f"{final['unseen_vote_rerank']:.3f} (shifted+noisy; train {train_s:.0f} s)")
+                     f"{final['unseen_vote_rerank']:.3f} ({conditions[-1]}; train {train_s:.0f} s)", flush=True)
                 out.append(row)
     return out
 
@@ -342,7 +360,8 @@ def summarise(rows: list[dict]) -> dict:
 def markdown_tables(summary: dict) -> str:
     header = "| method | bits | " + " | ".join(METRICS) + " |"
     lines = []
-    for condition in CONDITIONS:
+    scored = {c for by_bits in summary.values() for by_condition in by_bits.values() for c in by_condition}
+    for condition in (c for c in CONDITIONS if c in scored):
         lines += [f"### {condition}", "", header, "|---|---|" + "---|" * len(METRICS)]
         for key, by_bits in summary.items():
             for bits, by_condition in by_bits.items():
@@ -357,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitions", choices=sorted(PARTITION_SEEDS), default="report")
     parser.add_argument("--limit-partitions", type=int, default=None, help="run only the first N (smoke runs)")
+    parser.add_argument("--only", default="", help="comma-separated partition names to run (default: all)")
     parser.add_argument("--dataset", choices=sorted(BUDGETS), default="mnist")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--bits", default="64", help="comma-separated code lengths")
@@ -370,15 +390,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary folders go")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="comma-separated query conditions to score (tuning: shifted+noisy alone is cheaper)")
+    parser.add_argument("--pools", default="", help="comma-separated F7-rerank pool sizes scored besides "
+                        f"{CANDIDATES} (unseen vote@{K})")
+    parser.add_argument("--name", default="", help="suffix of the result files: seen_unseen_<partitions>[_<name>]")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; expected from {', '.join(METHODS)}")
     bits_list = [int(b) for b in args.bits.split(",") if b]
+    conditions = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
+    if not conditions or set(args.conditions.split(",")) - set(CONDITIONS):
+        parser.error(f"--conditions: expected names from {', '.join(CONDITIONS)}, got {args.conditions!r}")
     budget = replace(BUDGETS[args.dataset], **{k: v for k, v in (("epochs", args.epochs),
                                                                  ("train_images", args.train_images)) if v})
-    partitions = draw_partitions(args.partitions)[:args.limit_partitions]
+    partitions = [p for p in draw_partitions(args.partitions)[:args.limit_partitions]
+                  if not args.only or p.name in args.only.split(",")]
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     images, labels = load_dataset(args.dataset, args.mnist_root)
@@ -388,7 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
     for done, partition in enumerate(partitions, start=1):
         rows += run_partition(partition, images, labels, methods, bits_list, budget,
                               radius=args.radius, device=args.device, work_dir=args.work_dir,
-                              progress=args.progress)
+                              progress=args.progress, conditions=conditions,
+                              pools=tuple(int(n) for n in args.pools.split(",") if n))
         # Written after every partition, so that a run cut short keeps what it measured.
         payload = write_results(args, budget, partitions, done, methods, rows, clock)
     return payload
@@ -407,7 +437,7 @@ def write_results(args, budget: Budget, partitions: list[Partition], done: int, 
                "complete": done == len(partitions), "methods": {m: asdict(METHODS[m]) for m in methods},
                "total_s": time.perf_counter() - clock[0], "cpu_s": time.process_time() - clock[1],
                "rows": rows, "summary": summary}
-    stem = args.out / f"seen_unseen_{args.partitions}"
+    stem = args.out / "_".join(filter(None, ("seen_unseen", args.partitions, args.name)))
     text = (f"Seen / unseen, {args.dataset}, {args.partitions} partitions "
             f"({', '.join(f'{p.name}: unseen {p.unseen}' for p in partitions[:done])}"
             f"{'' if payload['complete'] else f'; {done} of {len(partitions)} done'}); "

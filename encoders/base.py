@@ -107,6 +107,11 @@ class HashModel(nn.Module):
         head = [m for name, m in self.named_children() if name != "backbone"]
         return {"backbone": [self.backbone], "head": head}
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers of named :meth:`module_groups` parts other than the
+        backbone (whose multiplier is ``TrainConfig.backbone_lr_scale``); missing parts: 1."""
+        return {}
+
     def default_stages(self, epochs: int) -> "list[Stage] | None":
         """The method's own training schedule for ``epochs``; None: one stage with the
         :class:`~encoders.training.TrainConfig` settings."""

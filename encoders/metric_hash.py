@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from pytorch_metric_learning import losses, miners
 from torch import nn
+from torch.nn import functional as F
 
 from .base import HashModel, HashOutput
 from .losses import BaseHashLoss
@@ -55,14 +56,16 @@ def build_metric_loss(name: str, num_classes: int, bits: int) -> tuple[nn.Module
 
 class MetricHashLoss(BaseHashLoss):
     """``metric`` (the library loss on the relaxed codes) + ``quantization_weight`` x
-    :func:`quantization_term` + ``balance_weight`` x :func:`balance_term`; terms ``metric``,
-    ``quantization``, ``balance``. Needs class indices: mixed (soft) labels are refused."""
+    :func:`quantization_term` + ``balance_weight`` x :func:`balance_term`, and with
+    ``classification_weight`` > 0, that times the cross-entropy of the model's logits (term
+    ``classification``). Needs class indices: mixed (soft) labels are refused."""
 
     def __init__(self, metric_loss: nn.Module, miner: nn.Module | None = None, quantization_weight: float = 0.1,
-                 balance_weight: float = 0.1) -> None:
+                 balance_weight: float = 0.1, classification_weight: float = 0.0) -> None:
         super().__init__()
         self.metric_loss, self.miner = metric_loss, miner
         self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
+        self.classification_weight = classification_weight
 
     def compute_loss(self, output, labels):
         if labels.ndim != 1:
@@ -70,9 +73,14 @@ class MetricHashLoss(BaseHashLoss):
                              "probabilities (use mixup=0)")
         codes = output.codes.float()
         pairs = self.miner(codes, labels) if self.miner is not None else None
-        return {"metric": self.metric_loss(codes, labels, indices_tuple=pairs),
-                "quantization": self.quantization_weight * quantization_term(codes),
-                "balance": self.balance_weight * balance_term(codes)}
+        terms = {"metric": self.metric_loss(codes, labels, indices_tuple=pairs),
+                 "quantization": self.quantization_weight * quantization_term(codes),
+                 "balance": self.balance_weight * balance_term(codes)}
+        if self.classification_weight:
+            if output.logits is None:
+                raise ValueError("a classification term needs a model that returns logits (classification_weight > 0)")
+            terms["classification"] = self.classification_weight * F.cross_entropy(output.logits.float(), labels)
+        return terms
 
 
 class MetricHash(HashModel):
@@ -81,7 +89,8 @@ class MetricHash(HashModel):
     so Proxy-Anchor's proxies train with the model and are saved with it."""
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
-                 quantization_weight: float = 0.1, balance_weight: float = 0.1, **config) -> None:
+                 quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
+                 classification_weight: float = 0.0, **config) -> None:
         if not num_classes or num_classes < 2:
             raise ValueError(f"metric-learning hashing needs num_classes >= 2, got {num_classes}")
         metric_loss, miner = build_metric_loss(loss, num_classes, bits)
@@ -90,45 +99,74 @@ class MetricHash(HashModel):
         self.hash_fc = nn.Linear(net.feature_dim, bits)
         self.metric_loss, self.miner = metric_loss, miner
         self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
-        self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight)
+        if proxy_lr_scale <= 0:
+            raise ValueError(f"proxy_lr_scale must be > 0, got {proxy_lr_scale}")
+        self.proxy_lr_scale = proxy_lr_scale
+        self.classification_weight = classification_weight
+        # A linear classifier on the relaxed codes (as DLBHC's), only when its term is on.
+        self.classifier = nn.Linear(bits, num_classes) if classification_weight else None
+        self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight,
+                           classification_weight=classification_weight)
+        if loss == "proxy_anchor":  # the only loss with parameters (and the only builder taking the keyword)
+            self.config["proxy_lr_scale"] = proxy_lr_scale
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """``backbone``, ``head`` (the hash layer, the classifier if any) and ``loss`` (the
+        metric loss: Proxy-Anchor's proxies)."""
+        return {"backbone": [self.backbone], "head": [m for m in (self.hash_fc, self.classifier) if m is not None],
+                "loss": [m for m in (self.metric_loss, self.miner) if m is not None]}
+
+    def lr_scales(self) -> dict[str, float]:
+        # Proxies start random and each sees only its class's gradients: Proxy-Anchor trains them faster.
+        return {"loss": self.proxy_lr_scale}
 
     def forward_head(self, features: torch.Tensor) -> HashOutput:
-        return HashOutput(features=features, codes=torch.tanh(self.hash_fc(features)))
+        codes = torch.tanh(self.hash_fc(features))
+        return HashOutput(features=features, codes=codes,
+                          logits=self.classifier(codes) if self.classifier is not None else None)
 
     def binarize(self, codes: torch.Tensor) -> torch.Tensor:
         return codes > 0
 
     def default_loss(self) -> MetricHashLoss:
-        return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight)
+        return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight,
+                              self.classification_weight)
 
 
-def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, quantization_weight: float,
-                 balance_weight: float, backbone_kwargs: dict) -> MetricHash:
+def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, backbone_kwargs: dict,
+                 **head) -> MetricHash:
     net = create_backbone(backbone, **backbone_kwargs)
-    return MetricHash(net, bits, num_classes, loss=loss, quantization_weight=quantization_weight,
-                      balance_weight=balance_weight, backbone=backbone, **backbone_kwargs)
+    return MetricHash(net, bits, num_classes, loss=loss, backbone=backbone, **head, **backbone_kwargs)
 
 
 @register_encoder
 def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
-                      quantization_weight: float = 0.1, balance_weight: float = 0.1,
-                      **backbone_kwargs) -> MetricHash:
-    """Proxy-Anchor loss on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("proxy_anchor", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+                      quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
+                      classification_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+    """Proxy-Anchor loss on tanh codes, the proxies learning ``proxy_lr_scale`` times faster
+    than the network, plus ``classification_weight`` x a classifier's cross-entropy on the
+    codes; extra keywords go to the backbone builder."""
+    return _metric_hash("proxy_anchor", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight)
 
 
 @register_encoder
 def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
-            balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
-    """Multi-Similarity loss and miner on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("multi_similarity", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+            balance_weight: float = 0.1, classification_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+    """Multi-Similarity loss and miner on tanh codes (plus an optional classification term, as
+    :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
+    return _metric_hash("multi_similarity", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        classification_weight=classification_weight)
 
 
 @register_encoder
 def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
-                quantization_weight: float = 0.1, balance_weight: float = 0.1, **backbone_kwargs) -> MetricHash:
-    """Supervised contrastive loss over the batch on tanh codes; extra keywords go to the backbone builder."""
-    return _metric_hash("supcon", backbone, bits, num_classes, quantization_weight, balance_weight,
-                        backbone_kwargs)
+                quantization_weight: float = 0.1, balance_weight: float = 0.1, classification_weight: float = 0.0,
+                **backbone_kwargs) -> MetricHash:
+    """Supervised contrastive loss over the batch on tanh codes (plus an optional classification
+    term, as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
+    return _metric_hash("supcon", backbone, bits, num_classes, backbone_kwargs,
+                        quantization_weight=quantization_weight, balance_weight=balance_weight,
+                        classification_weight=classification_weight)

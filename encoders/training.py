@@ -279,16 +279,18 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
         for m in early:
             m.requires_grad_(False)
         frozen += early
-    backbone_params = {id(p) for m in groups.get("backbone", []) for p in m.parameters()}
-    scale = 1.0 if config.backbone_lr_scale is None else config.backbone_lr_scale
+    scales = {**model.lr_scales(), "backbone": 1.0 if config.backbone_lr_scale is None else config.backbone_lr_scale}
+    part_scale = {id(p): scales.get(name, 1.0) for name, ms in groups.items() for m in ms for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"stage {stage.name!r} has no parameter to train (parts {names})")
     # Each parameter group carries its "lr_scale"; _train_epoch sets lr = schedule x lr_scale.
-    param_groups = [{"params": [p for p in params if (id(p) in backbone_params) == is_backbone], "lr_scale": s}
-                    for is_backbone, s in ((False, 1.0), (True, scale))]
+    by_scale: dict[float, list] = {}
+    for p in params:
+        by_scale.setdefault(part_scale[id(p)], []).append(p)
+    param_groups = [{"params": ps, "lr_scale": s} for s, ps in by_scale.items()]
     opt_config = replace(config, lr=stage.lr, weight_decay=stage.weight_decay, optimizer=stage.optimizer)
-    optimizer = make_optimizer([g for g in param_groups if g["params"]], opt_config)
+    optimizer = make_optimizer(param_groups, opt_config)
     if loss is None:
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
     if config.mixup and not loss.requires_labels:

@@ -144,9 +144,13 @@ def test_score_matches_a_brute_force_recomputation(bench, monkeypatch):
 
     db, q = draw(120), draw(40)
     seen = (0, 1, 2, 4, 5, 7, 8)
-    got = bench.score(db, q, seen, bits=32, radius=6)
+    got = bench.score(db, q, seen, bits=32, radius=6, pools=(10, 30))
     expected = _reference(db, q, seen, k=8, map_k=50, candidates=30, radius=6)
-    assert set(got) == set(bench.METRICS) == set(expected)
+    assert set(got) == set(bench.METRICS) | {"unseen_vote_rerank_10", "unseen_vote_rerank_30"}
+    assert set(expected) == set(bench.METRICS)
+    assert got["unseen_vote_rerank_30"] == got["unseen_vote_rerank"]
+    smaller_pool = _reference(db, q, seen, k=8, map_k=50, candidates=10, radius=6)["unseen_vote_rerank"]
+    assert got["unseen_vote_rerank_10"] == pytest.approx(smaller_pool, abs=1e-12)
     for name in bench.METRICS:
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
     assert 0 < got["unseen_vote_radius"] < 1 and 0 < got["seen_mAP"] < 1
@@ -200,3 +204,24 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
         assert f"### {condition}\n" in table
     assert table.count("| HashNet from DLBHC | 16 |") == len(bench.CONDITIONS)
     assert payload["total_s"] > 0
+
+
+def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
+                                                              queries_per_class=4, epochs=1, batch_size=16))
+    args = ["--dataset", "digits", "--partitions", "tune", "--only", "tune1", "--methods", "itq_pixels",
+            "--bits", "16", "--threads", "1", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        every = bench.main(args)
+        one = bench.main(args + ["--conditions", "shifted+noisy", "--name", "sn"])
+        with pytest.raises(SystemExit):
+            bench.main(args + ["--conditions", "blurred"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [p["name"] for p in every["partitions"]] == [p["name"] for p in one["partitions"]] == ["tune1"]
+    assert set(one["summary"]["itq_pixels"]["16"]) == {"shifted+noisy"}
+    assert one["rows"][0]["conditions"]["shifted+noisy"] == every["rows"][0]["conditions"]["shifted+noisy"]
+    table = (tmp_path / "out" / "seen_unseen_tune_sn.md").read_text()
+    assert "### shifted+noisy\n" in table and "### clean" not in table
+    assert (tmp_path / "out" / "seen_unseen_tune.json").exists()

@@ -114,3 +114,51 @@ def test_training_beats_chance_on_a_tiny_set(method, digits_folder, tmp_path):
     neighbours = np.array([[i for i in row if i != q][:8] for q, row in enumerate(ids)])
     votes = [np.bincount(index.labels_of(row), minlength=4).argmax() for row in neighbours]
     assert vote_accuracy(np.array(votes), data["labels"]) > 0.6
+
+
+def test_proxies_learn_at_their_own_rate(digits_folder, tmp_path):
+    # One step of plain SGD: each part moves by lr x its scale x its gradient, so the proxies'
+    # step over the hash layer's (per unit of gradient) is proxy_lr_scale.
+    images = list_images(digits_folder, supervised=True)
+    steps = {}
+    for scale in (1.0, 50.0):
+        model = _tiny("proxy_anchor_hash", proxy_lr_scale=scale)
+        params = dict(model.named_parameters())
+        before = {n: params[n].detach().clone() for n in ("metric_loss.proxies", "hash_fc.weight")}
+        train_model(model, images, TrainConfig(epochs=1, batch_size=120, lr=1e-3, optimizer="sgd", momentum=0.0,
+                                               weight_decay=0.0, device="cpu", amp=False), progress=False)
+        steps[scale] = {n: (params[n].detach() - b).abs().sum().item() for n, b in before.items()}
+    ratio = steps[50.0]["metric_loss.proxies"] / steps[1.0]["metric_loss.proxies"]
+    assert ratio == pytest.approx(50.0, rel=1e-3)
+    assert steps[50.0]["hash_fc.weight"] == pytest.approx(steps[1.0]["hash_fc.weight"], rel=1e-3)
+    assert load_encoder(save_encoder(model, tmp_path / "m.pt", class_names=list("abcd"))).proxy_lr_scale == 50.0
+    with pytest.raises(ValueError, match="proxy_lr_scale must be > 0"):
+        _tiny("proxy_anchor_hash", proxy_lr_scale=0)
+
+
+def test_classification_term_trains_a_classifier_on_the_codes(digits_folder):
+    images = list_images(digits_folder, supervised=True)
+    plain = _tiny("proxy_anchor_hash")
+    assert plain.classifier is None and plain(torch.randn(2, 3, 16, 16)).logits is None
+    model = _tiny("proxy_anchor_hash", classification_weight=0.5)
+    out = model(torch.randn(6, 3, 16, 16))
+    assert out.logits.shape == (6, 4)
+    labels = torch.arange(6) % 4
+    terms = model.default_loss()(out, labels)
+    expected = 0.5 * torch.nn.functional.cross_entropy(out.logits, labels)
+    assert terms["classification"].item() == pytest.approx(expected.item(), rel=1e-5)
+    history = train_model(model, images, TrainConfig(epochs=6, batch_size=40, lr=3e-3, device="cpu"), progress=False)
+    assert history[-1]["classification"] < history[0]["classification"]
+    assert history[-1]["train_accuracy"] > 0.6  # chance is 0.25
+    with pytest.raises(ValueError, match="needs a model that returns logits"):
+        MetricHashLoss(*build_metric_loss("proxy_anchor", 4, 16), classification_weight=1.0)(
+            plain(torch.randn(4, 3, 16, 16)), torch.arange(4))
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_every_variant_rebuilds_from_its_file(method, tmp_path):
+    model = _tiny(method, classification_weight=0.5).eval()
+    loaded = load_encoder(save_encoder(model, tmp_path / "m.pt", class_names=list("abcd")))
+    assert loaded.classification_weight == 0.5 and loaded.classifier is not None
+    x = torch.randn(3, 3, 16, 16)
+    np.testing.assert_array_equal(loaded.encode(x)[0], model.encode(x)[0])
