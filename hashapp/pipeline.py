@@ -74,7 +74,7 @@ def training_code_health(model, images, config: TrainConfig, echo=None) -> CodeH
     """Encode the training ``images`` (no augmentation) and check their codes; ``echo`` gets
     the summary (and a line when codes are shared only within classes), and collapsed codes
     raise a warning that names the flags that fix them."""
-    codes, _, _, ids = encode_files(model, [path for path, _ in images.samples], batch_size=config.batch_size,
+    codes, _, ids, _ = encode_files(model, [path for path, _ in images.samples], batch_size=config.batch_size,
                                     device=config.device)
     health = code_health(codes, model.bits, labels=[images.samples[i][1] for i in ids])
     if echo is not None:
