@@ -100,7 +100,8 @@ def _train_options(fn):
         # These default to None (as --lr and --batch-size): the backbone's recipe
         # (encoders.training.resolve_train_config) decides.
         click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
-                     help="Backbone learning rate = lr x this [default: 0.1 with pretrained weights, else 1]."),
+                     help="Backbone learning rate = lr x this "
+                          "[default: 0.1 with pretrained weights (DLBHC: 1), else 1]."),
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
                      help="First epochs in which only the hash head trains [default: 0]."),
         click.option("--freeze-early/--train-early", default=None,

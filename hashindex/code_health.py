@@ -83,7 +83,8 @@ class CodeHealth:
                 f"of {self.bits}")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "distinct_fraction": self.distinct_fraction, "collapsed": self.collapsed}
+        return {**asdict(self), "distinct_fraction": self.distinct_fraction, "class_level": self.class_level,
+                "collapsed": self.collapsed}
 
 
 def code_health(codes: np.ndarray, bits: int, labels: np.ndarray | None = None) -> CodeHealth:
