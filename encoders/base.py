@@ -54,6 +54,9 @@ class HashModel(nn.Module):
     :meth:`binarize` and :meth:`default_loss`."""
 
     method: str = ""
+    #: This method's changes to :data:`encoders.training.PRETRAINED_RECIPE` (the training
+    #: defaults on a backbone with pretrained weights), e.g. ``{"lr": 1e-4}``.
+    pretrained_recipe: dict = {}
 
     def __init__(self, net: Backbone, bits: int, num_classes: int | None = None, **config) -> None:
         super().__init__()

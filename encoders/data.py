@@ -2,6 +2,10 @@
 
 A supervised folder has one sub-folder per class (sorted, as ``torchvision.datasets.ImageFolder``
 orders them); an unsupervised folder may instead hold images directly (label ``-1``).
+
+Nothing here imports torchvision (about a second and a half of start-up, most of it
+``torch._dynamo`` pulled in by ``torchvision.ops``): listing a folder and the test-time
+transform are written out, and give what torchvision's would (tests/encoders/test_data.py).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+#: The file extensions listed as images: torchvision's ``datasets.folder.IMG_EXTENSIONS``.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -39,10 +45,8 @@ def list_images(root: "str | os.PathLike", supervised: bool = True) -> ImageList
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-    except FileNotFoundError:
-        classes, class_to_idx = [], {}
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    class_to_idx = {name: i for i, name in enumerate(classes)}
     if classes:
         samples = [(path, class_to_idx[name]) for name in classes for path in _image_files(root / name)]
     elif supervised:
@@ -72,14 +76,27 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
+class ImageTransform:
+    """An RGB image resized (bilinear) to ``(h, w)``, as a ``(3, h, w)`` float tensor in [0, 1]
+    normalised by channel ``mean`` and ``std``: torchvision's ``Resize((h, w))``, ``ToTensor()``
+    and ``Normalize(mean, std)`` on PIL images, the same operations in the same order."""
+
+    def __init__(self, size: tuple[int, int], mean, std) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        h, w = self.size
+        pixels = np.array(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float().div(255)
+        return tensor.sub_(self.mean).div_(self.std)
+
+
 def image_transform(input_cfg: dict) -> Callable:
-    """Resize to the backbone's input size, convert to a normalised tensor."""
+    """Resize to the backbone's input size, convert to a normalised tensor (:class:`ImageTransform`)."""
     _, h, w = input_cfg["input_size"]
-    return transforms.Compose([
-        transforms.Resize((h, w)),
-        transforms.ToTensor(),
-        transforms.Normalize(input_cfg["mean"], input_cfg["std"]),
-    ])
+    return ImageTransform((h, w), input_cfg["mean"], input_cfg["std"])
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -63,8 +63,9 @@ class TrainConfig:
     :mod:`encoders.mixup` (0: off).
 
     The fields left ``None`` are set by :func:`resolve_train_config` from the backbone; a
-    backbone with pretrained weights gets :data:`PRETRAINED_RECIPE`, one trained from scratch
-    :data:`SCRATCH_RECIPE`: ``batch_size`` (the backbone's ``default_batch_size``, else 64),
+    backbone with pretrained weights gets :data:`PRETRAINED_RECIPE` (with the method's
+    ``HashModel.pretrained_recipe`` changes), one trained from scratch :data:`SCRATCH_RECIPE`:
+    ``lr`` (the head's learning rate), ``batch_size`` (the backbone's ``default_batch_size``, else 64),
     ``backbone_lr_scale`` (the backbone's learning rate is ``lr`` times this),
     ``warmup_epochs`` (epochs, counted within ``epochs``, in which only the head trains) and
     ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time).
@@ -74,7 +75,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int | None = None
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 5e-4
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -98,7 +99,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
-        for name in ("backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
+        for name in ("lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -109,12 +110,13 @@ class TrainConfig:
             self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
 
 
+DEFAULT_LR = 1e-3
 #: Defaults for a backbone with pretrained weights (README, "Real photos"): the backbone learns
 #: 10x slower than the head, so that training adapts the ImageNet features instead of
-#: overwriting them. Measured on the tuning partitions of ``benchmarks/photos.py``; the other
-#: options (one rate, a head-only warm-up) were not, for lack of CPU time.
-PRETRAINED_RECIPE = {"backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True}
-SCRATCH_RECIPE = {"backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False}
+#: overwriting them; a method changes them with its ``pretrained_recipe``. Chosen on the tuning
+#: partitions of ``benchmarks/photos.py``.
+PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True}
+SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False}
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -129,9 +131,12 @@ def resolve_train_config(model, config: TrainConfig | None = None) -> TrainConfi
     (``default_stages``) or explicit ``stages`` keeps them: its learning rates are not scaled
     and no warm-up is added, unless asked for."""
     config = config or TrainConfig()
-    recipe = dict(PRETRAINED_RECIPE if has_pretrained_backbone(model) else SCRATCH_RECIPE)
+    if has_pretrained_backbone(model):
+        recipe = {**PRETRAINED_RECIPE, **model.pretrained_recipe}
+    else:
+        recipe = dict(SCRATCH_RECIPE)
     if config.stages or model.default_stages(config.epochs):
-        recipe.update(backbone_lr_scale=1.0, warmup_epochs=0)
+        recipe.update(lr=DEFAULT_LR, backbone_lr_scale=1.0, warmup_epochs=0)
     filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
     if config.batch_size is None:
         filled["batch_size"] = getattr(getattr(model, "backbone", None), "default_batch_size", DEFAULT_BATCH_SIZE)
@@ -190,7 +195,9 @@ class PixelNoise:
 
 
 def resolve_stages(model, config: TrainConfig) -> list[Stage]:
-    """The stages to run, with every ``None`` hyper-parameter filled from ``config``."""
+    """The stages to run, with every ``None`` hyper-parameter filled from ``config`` (itself
+    resolved for ``model`` first)."""
+    config = resolve_train_config(model, config)
     if config.stages:
         stages = list(config.stages)
     elif defaults := model.default_stages(config.epochs):

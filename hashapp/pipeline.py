@@ -72,12 +72,15 @@ def train_encoder(
 
 def training_code_health(model, images, config: TrainConfig, echo=None) -> CodeHealth:
     """Encode the training ``images`` (no augmentation) and check their codes; ``echo`` gets
-    the summary, and collapsed codes raise a warning that names the flags that fix them."""
-    codes, _, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=config.batch_size,
-                                  device=config.device)
-    health = code_health(codes, model.bits)
+    the summary (and a line when codes are shared only within classes), and collapsed codes
+    raise a warning that names the flags that fix them."""
+    codes, _, ids, _ = encode_files(model, [path for path, _ in images.samples], batch_size=config.batch_size,
+                                    device=config.device)
+    health = code_health(codes, model.bits, labels=[images.samples[i][1] for i in ids])
     if echo is not None:
         echo(f"code health on the {health.images} training images: {health.summary()}")
+        for line in health.notes():
+            echo(line)
     for line in health.warnings():
         warnings.warn(f"collapsed codes: {line}; a bit-balance term (--bit-balance 0.1) spreads near-constant "
                       "bits, a quantisation term (--quantization 0.1) keeps relaxed bits off 0 (README, "

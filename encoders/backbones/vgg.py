@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
-from torchvision.models.vgg import make_layers
 
 from ..registry import register_backbone
 from .alexnet import FC8_PREFIX, IMAGENET_MEAN, IMAGENET_STD, scale_width
 
-VGG_CFGS = {"vgg16": TORCHVISION_CFGS["D"], "vgg19": TORCHVISION_CFGS["E"]}
+#: torchvision's configurations "D" and "E" by name.
+VGG_CFG_NAMES = {"vgg16": "D", "vgg19": "E"}
 
 
 class VGG(nn.Module):
@@ -24,6 +23,9 @@ class VGG(nn.Module):
 
     def __init__(self, cfg: list, width: float = 1.0, fc_dim: int = 4096, input_size: int = 224,
                  batch_norm: bool = False, dropout: float = 0.5) -> None:
+        # Imported here: torchvision costs a second or more, and only a VGG needs it.
+        from torchvision.models.vgg import make_layers
+
         super().__init__()
         cfg = [v if v == "M" else scale_width(v, width) for v in cfg]
         channels = cfg[-2]
@@ -53,9 +55,11 @@ class VGG(nn.Module):
 
 
 def _build(name: str, weights, width, fc_dim, input_size, batch_norm) -> VGG:
+    from torchvision.models.vgg import cfgs
+
     from .weights import load_local_weights
 
-    net = VGG(VGG_CFGS[name], width, fc_dim, input_size, batch_norm)
+    net = VGG(cfgs[VGG_CFG_NAMES[name]], width, fc_dim, input_size, batch_norm)
     return load_local_weights(net, weights, ignore_prefixes=(FC8_PREFIX,))
 
 

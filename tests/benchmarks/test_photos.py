@@ -37,3 +37,14 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     assert set(payload["summary"]) == {"dlbhc", "itq"}
     table = (tmp_path / "tiny.md").read_text()
     assert "| DLBHC |" in table and "| ITQ (frozen features) |" in table
+
+
+def test_speed_run_writes_its_figures(tmp_path):
+    import photo_speed
+
+    result = photo_speed.main(["--images", "6", "--warmup", "4", "--threads", "1", "--backbone", "small_cnn",
+                               "--out", str(tmp_path), "--name", "speed"])
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["images"] == result["images"] == 6 and saved["input_size"] == [3, 32, 32]
+    assert saved["train_images_per_s"] > 0 and saved["encode_images_per_s"] > 0 and saved["peak_rss_gb"] > 0.1
+    assert saved["train_config"]["batch_size"] == 64  # small_cnn: no pretrained weights, the common default

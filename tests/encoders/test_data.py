@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from encoders.data import ImageFileDataset, collate_skipping_unreadable, image_transform, list_images
+from encoders.data import IMG_EXTENSIONS, ImageFileDataset, collate_skipping_unreadable, image_transform, list_images
 
 CFG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
 
@@ -58,3 +62,32 @@ def test_symlink_loop_does_not_trap_the_listing(tmp_path):
     root = _tree(tmp_path / "img")
     (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
     assert len(list_images(root)) == 6
+
+
+@pytest.mark.parametrize("size,input_size", [((37, 23), (3, 16, 16)), ((64, 48), (3, 32, 24)), ((16, 16), (3, 16, 16))])
+def test_image_transform_gives_what_torchvision_gives(rng, size, input_size):
+    from torchvision import transforms
+
+    cfg = {"input_size": input_size, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    reference = transforms.Compose([transforms.Resize(input_size[1:]), transforms.ToTensor(),
+                                    transforms.Normalize(cfg["mean"], cfg["std"])])(image)
+    ours = image_transform(cfg)(image)
+    assert ours.shape == input_size and ours.dtype == reference.dtype
+    assert torch.equal(ours, reference)
+
+
+def test_listing_agrees_with_torchvision(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS, find_classes
+
+    assert IMG_EXTENSIONS == TORCHVISION_EXTENSIONS
+    root = _tree(tmp_path / "img")
+    (root / "B").mkdir()
+    assert list_images(root).classes == find_classes(str(root))[0] == ["B", "a", "b"]
+
+
+def test_importing_the_encoders_does_not_import_torchvision():
+    # torchvision (and torch._dynamo behind it) is start-up time that listing, encoding and search don't need.
+    code = "import sys, encoders, encoders.data; print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

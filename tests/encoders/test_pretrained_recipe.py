@@ -6,7 +6,8 @@ import torch
 from encoders import create_encoder
 from encoders.data import list_images
 from encoders.losses import add_code_terms, code_terms
-from encoders.training import PRETRAINED_RECIPE, TrainConfig, resolve_train_config, train_model
+from encoders.dlbhc import DLBHC
+from encoders.training import DEFAULT_LR, PRETRAINED_RECIPE, TrainConfig, resolve_train_config, train_model
 from hashapp.pipeline import train_encoder, training_code_health
 
 #: EfficientNet-Lite0 with its ImageNet weights, at 32 px so that a CPU step is quick.
@@ -27,28 +28,43 @@ def _changed(before, modules):
 
 
 def test_pretrained_backbone_gets_the_pretrained_recipe():
-    config = resolve_train_config(_lite())
-    assert (config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
-        PRETRAINED_RECIPE["backbone_lr_scale"], PRETRAINED_RECIPE["warmup_epochs"], True)
+    config = resolve_train_config(_lite("hashnet"))
+    assert (config.lr, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
+        PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"], PRETRAINED_RECIPE["warmup_epochs"], True)
     assert config.batch_size == 32  # EfficientNet-Lite0's default batch
     scratch = resolve_train_config(_lite(pretrained=False))
-    assert (scratch.backbone_lr_scale, scratch.freeze_early, scratch.batch_size) == (1.0, False, 32)
+    assert (scratch.lr, scratch.backbone_lr_scale, scratch.freeze_early, scratch.batch_size) == (
+        DEFAULT_LR, 1.0, False, 32)
     small = resolve_train_config(create_encoder("dlbhc", backbone="small_cnn", bits=16, num_classes=4))
     assert (small.backbone_lr_scale, small.freeze_early, small.batch_size) == (1.0, False, 64)
 
 
+def test_a_method_changes_the_pretrained_recipe():
+    # DLBHC's head learns by classification: at the common head rate it maps a class to one code.
+    dlbhc = resolve_train_config(_lite())
+    assert DLBHC.pretrained_recipe and dlbhc.lr == DLBHC.pretrained_recipe["lr"] != PRETRAINED_RECIPE["lr"]
+    assert dlbhc.backbone_lr_scale == {**PRETRAINED_RECIPE, **DLBHC.pretrained_recipe}["backbone_lr_scale"]
+    hashnet = resolve_train_config(_lite("hashnet"))
+    assert (hashnet.lr, hashnet.backbone_lr_scale) == (PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"])
+    assert resolve_train_config(_lite(pretrained=False)).lr == DEFAULT_LR
+
+
 def test_explicit_values_win_and_staged_models_keep_their_schedule():
-    config = resolve_train_config(_lite(), TrainConfig(batch_size=8, backbone_lr_scale=0.5, warmup_epochs=2,
+    config = resolve_train_config(_lite(), TrainConfig(lr=5e-4, batch_size=8, backbone_lr_scale=0.5, warmup_epochs=2,
                                                        freeze_early=False))
-    assert (config.batch_size, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (8, 0.5, 2, False)
+    assert (config.lr, config.batch_size, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
+        5e-4, 8, 0.5, 2, False)
     bilinear = create_encoder("bilinear_hashnet", bits=16, num_classes=4, **LITE)
     config = resolve_train_config(bilinear)
-    assert (config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (1.0, 0, True)
+    assert (config.lr, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
+        DEFAULT_LR, 1.0, 0, True)
 
 
 def test_config_rejects_negative_values():
     with pytest.raises(ValueError, match="backbone_lr_scale must be >= 0"):
         TrainConfig(backbone_lr_scale=-1)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        TrainConfig(lr=-1e-3)
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
         TrainConfig(batch_size=1)
 
@@ -150,6 +166,8 @@ def test_model_file_records_the_resolved_recipe_and_code_health(tmp_path, digits
                          progress=False)
     extra = torch.load(path, weights_only=True)["extra"]
     config = extra["train_config"]
-    assert (config["batch_size"], config["backbone_lr_scale"], config["freeze_early"]) == (32, 0.1, True)
+    recipe = {**PRETRAINED_RECIPE, **DLBHC.pretrained_recipe}
+    assert (config["lr"], config["batch_size"], config["backbone_lr_scale"], config["freeze_early"]) == (
+        recipe["lr"], 32, recipe["backbone_lr_scale"], True)
     assert extra["code_health"]["images"] == 120 and len(extra["code_health"]["bit_balance"]) == 16
     assert 0 < extra["code_health"]["mean_hamming"] <= 16

@@ -244,8 +244,17 @@ def test_training_prints_a_summary_and_progress_only_on_a_terminal_unless_quiet(
 def test_demo_runs_end_to_end(tmp_path):
     from hashapp.demo import run_demo
 
+    import warnings
+
+    import torch
+
     lines = []
-    figures = run_demo(tmp_path / "demo", epochs=2, progress=False, echo=lines.append)
+    with warnings.catch_warnings():
+        # DLBHC's classification codes share codes within a class only: a note, not a collapse warning.
+        warnings.simplefilter("error", UserWarning)
+        figures = run_demo(tmp_path / "demo", epochs=2, progress=False, echo=lines.append)
+    health = torch.load(tmp_path / "demo" / "build" / "model.pt", weights_only=True)["extra"]["code_health"]
+    assert health["class_level"] and not health["collapsed"] and health["distinct"] >= health["classes"] == 10
     assert (tmp_path / "demo" / "neighbours.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["mAP@1000"] == figures["mAP@1000"]
     assert figures["vote_accuracy"] > 0.5 and any("mAP@1000" in line for line in lines)

@@ -55,3 +55,46 @@ def test_empty_and_bad_input():
     assert code_health(np.zeros((0, 8), np.uint8), 64).distinct == 0
     with pytest.raises(ValueError):
         code_health(np.zeros((3, 5), np.uint8), 64)
+
+
+def _brute_mixed(bits: np.ndarray, labels: np.ndarray) -> int:
+    return sum(any(labels[j] != labels[i] and (bits[j] == bits[i]).all() for j in range(len(bits)))
+               for i in range(len(bits)))
+
+
+@pytest.mark.parametrize("n,bits,classes", [(30, 8, 3), (120, 8, 5), (60, 16, 2)])
+def test_mixed_count_matches_brute_force(rng, n, bits, classes):
+    # Few bits on almost-constant patterns: many shared codes, some across classes.
+    unpacked = rng.random((n, bits)) < np.where(rng.random(bits) < 0.7, 0.02, 0.5)
+    labels = rng.integers(0, classes, n)
+    health = code_health(pack_bits(unpacked), bits, labels=labels)
+    assert health.mixed == _brute_mixed(unpacked, labels)
+    assert health.classes == len(np.unique(labels))
+
+
+def test_codes_shared_within_classes_are_class_level_not_collapse(rng):
+    # 4 classes, 3 codes each, 10 images per code: what classification training gives.
+    class_codes = rng.integers(0, 256, (12, 8), dtype=np.uint8)
+    codes = np.repeat(class_codes, 10, axis=0)
+    labels = np.repeat(np.arange(4), 30)
+    health = code_health(codes, 64, labels=labels)
+    assert (health.distinct, health.classes, health.mixed) == (12, 4, 0)
+    assert health.class_level and not health.collapsed and health.warnings() == []
+    assert len(health.notes()) == 1 and "12 distinct codes for 120 images of 4 classes" in health.notes()[0]
+    # Without labels the same codes are reported as collapsed.
+    assert code_health(codes, 64).collapsed and code_health(codes, 64).notes() == []
+
+
+def test_codes_shared_across_classes_are_collapse(rng):
+    class_codes = rng.integers(0, 256, (12, 8), dtype=np.uint8)
+    codes = np.repeat(class_codes, 10, axis=0)
+    labels = np.repeat(np.arange(4), 30)
+    labels[:5] = 1  # half of code 0's images now belong to class 1 as well
+    health = code_health(codes, 64, labels=labels)
+    assert health.mixed == 10 and not health.class_level and health.collapsed
+    assert "10 images share a code with another class" in health.warnings()[0]
+
+
+def test_labels_must_match_codes():
+    with pytest.raises(ValueError, match="expected 3 labels"):
+        code_health(np.zeros((3, 8), np.uint8), 64, labels=[0, 1])
