@@ -18,7 +18,6 @@ The library's losses compare codes by cosine similarity, which for ``+-1`` codes
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning import losses, miners
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,6 +44,8 @@ def balance_term(codes: torch.Tensor) -> torch.Tensor:
 def build_metric_loss(name: str, num_classes: int, bits: int) -> tuple[nn.Module, nn.Module | None]:
     """``(loss, miner or None)`` from ``pytorch-metric-learning`` for a loss name of
     :data:`METRIC_LOSSES`, with the library's default reducers."""
+    from pytorch_metric_learning import losses, miners  # imported here: it brings SciPy, ~1.5 s of start-up
+
     if name == "proxy_anchor":
         return losses.ProxyAnchorLoss(num_classes, bits, margin=0.1, alpha=32), None
     if name == "multi_similarity":
