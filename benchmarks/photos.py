@@ -41,6 +41,7 @@ import torch
 
 from encoders import load_encoder
 from encoders.encode import encode_folder
+from hashindex.bench.args import name_list
 from hashindex.code_health import code_health
 from hashapp.evaluate import evaluate_split
 from hashindex.index import HashIndex
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=sorted(SPLITS), default="report")
     parser.add_argument("--partitions", default=None, help="comma-separated partition numbers (overrides --split)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--methods", type=name_list(METHODS, "method(s)"), default=",".join(METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-views", type=int, default=40, help="training views per seen class")
     parser.add_argument("--database-views", type=int, default=15, help="database views per class")
@@ -305,18 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="photos", help="file names of the results")
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; expected from {', '.join(METHODS)}")
     partitions = ([int(p) for p in args.partitions.split(",")] if args.partitions else list(SPLITS[args.split]))
     torch.set_num_threads(args.threads)
     photos = load_photos()
     start = time.perf_counter()
     rows: list[dict] = []
     for partition in partitions:
-        rows += run_partition(photos, partition, methods, args)
-        payload, table = write_results(rows, methods, partitions, args, time.perf_counter() - start)
+        rows += run_partition(photos, partition, args.methods, args)
+        payload, table = write_results(rows, args.methods, partitions, args, time.perf_counter() - start)
     print(table)
     return payload
 

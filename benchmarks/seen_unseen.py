@@ -47,6 +47,7 @@ from encoders.encode import encode_folder
 from encoders.training import TrainConfig
 from hashapp.pipeline import train_encoder
 from hashindex import metrics
+from hashindex.bench.args import name_list
 from hashindex.durable import TMP_SUFFIX, replace_durably
 from hashindex.datasets import load_digits_images, load_mnist, write_image_folder
 from hashindex.index import HashIndex
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit-partitions", type=int, default=None, help="run only the first N (smoke runs)")
     parser.add_argument("--only", default="", help="comma-separated partition names to run (default: all)")
     parser.add_argument("--dataset", choices=sorted(BUDGETS), default="mnist")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--methods", type=name_list(METHODS, "method(s)"), default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--bits", default="64", help="comma-separated code lengths")
     parser.add_argument("--epochs", type=int, default=None, help="default: the dataset budget's")
     parser.add_argument("--train-images", type=int, default=None, help="default: the dataset budget's")
@@ -390,19 +392,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary folders go")
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+    parser.add_argument("--conditions", type=name_list(CONDITIONS, "condition(s)"), default=",".join(CONDITIONS),
                         help="comma-separated query conditions to score (tuning: shifted+noisy alone is cheaper)")
     parser.add_argument("--pools", default="", help="comma-separated F7-rerank pool sizes scored besides "
                         f"{CANDIDATES} (unseen vote@{K})")
     parser.add_argument("--name", default="", help="suffix of the result files: seen_unseen_<partitions>[_<name>]")
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; expected from {', '.join(METHODS)}")
     bits_list = [int(b) for b in args.bits.split(",") if b]
-    conditions = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
-    if not conditions or set(args.conditions.split(",")) - set(CONDITIONS):
+    conditions = tuple(c for c in CONDITIONS if c in args.conditions)
+    if not conditions:
         parser.error(f"--conditions: expected names from {', '.join(CONDITIONS)}, got {args.conditions!r}")
     budget = replace(BUDGETS[args.dataset], **{k: v for k, v in (("epochs", args.epochs),
                                                                  ("train_images", args.train_images)) if v})
@@ -415,12 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     payload: dict = {}
     for done, partition in enumerate(partitions, start=1):
-        rows += run_partition(partition, images, labels, methods, bits_list, budget,
+        rows += run_partition(partition, images, labels, args.methods, bits_list, budget,
                               radius=args.radius, device=args.device, work_dir=args.work_dir,
                               progress=args.progress, conditions=conditions,
                               pools=tuple(int(n) for n in args.pools.split(",") if n))
         # Written after every partition, so that a run cut short keeps what it measured.
-        payload = write_results(args, budget, partitions, done, methods, rows, clock)
+        payload = write_results(args, budget, partitions, done, args.methods, rows, clock)
     return payload
 
 

@@ -29,6 +29,7 @@ import torch
 
 from encoders import create_encoder
 from hashindex import metrics
+from hashindex.bench.args import name_list
 from hashindex.datasets import load_digits_images, load_mnist
 from hashindex.index import HashIndex
 from hashindex.timing import environment
@@ -206,8 +207,10 @@ def run(datasets: list[str], methods: list[str], bits_list: list[int], out_dir: 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="mnist,digits", help="comma-separated, from mnist, digits")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--datasets", type=name_list(DATASETS, "dataset(s)"), default="mnist,digits",
+                        help="comma-separated, from mnist, digits")
+    parser.add_argument("--methods", type=name_list(METHODS, "method(s)"), default=",".join(METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--bits", default=",".join(map(str, BITS)), help="comma-separated code lengths")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch / Faiss threads (default: all cores)")
@@ -220,12 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         payload = json.loads((args.out / "unsupervised.json").read_text())
         render(payload, args.out)
         return payload
-    datasets = [d for d in args.datasets.split(",") if d]
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [d for d in datasets if d not in DATASETS] + [m for m in methods if m not in METHODS]
-    if bad:
-        parser.error(f"unknown dataset(s) / method(s) {bad}")
-    payload = run(datasets, methods, [int(b) for b in args.bits.split(",")], args.out, seed=args.seed,
+    payload = run(args.datasets, args.methods, [int(b) for b in args.bits.split(",")], args.out, seed=args.seed,
                   threads=args.threads, mnist_root=args.mnist_root, gan_epochs=args.gan_epochs)
     print(markdown(payload))
     return payload
