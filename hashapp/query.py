@@ -92,7 +92,8 @@ class PathLookup:
     """Image paths of ids, read from the shard store the index was built from (if still there).
 
     Only the shards whose id range holds a wanted id are read, and each is read once per
-    lookup object; a shard appended later (``hashindex add``) is found by re-reading the manifest.
+    lookup object (shards never change once written); a shard appended later (``hashindex add``)
+    is found by re-reading the manifest.
     """
 
     def __init__(self, index: HashIndex) -> None:
@@ -100,6 +101,7 @@ class PathLookup:
         self.store = Path(store) if store and Path(store).is_dir() else None
         self.root = index.metadata.get("image_root", "")
         self._shards: dict[str, dict[int, str]] = {}
+        self._by_path: dict[str, dict[str, int]] = {}
         self._entries: list[dict] = []
 
     def lookup(self, ids: np.ndarray) -> dict[int, str]:
@@ -112,6 +114,31 @@ class PathLookup:
             self._entries = read_store_info(self.store).shards
             found = self._from_shards(wanted)
         return found
+
+    def stored_ids(self, paths: "list[str]", live_ids: np.ndarray) -> dict[str, int]:
+        """``{path: id}`` for the paths among ``paths`` that the store holds under an id still in
+        ``live_ids`` (the index's ids: a removed image may be added again). A path matches as
+        given (absolute) or with symlinks resolved, also where the store holds it relative to the
+        image root. Reads every shard once per lookup object."""
+        if self.store is None or not paths:
+            return {}
+        variants: dict[str, str] = {}
+        for path in paths:
+            for form in (os.path.abspath(path), os.path.realpath(path)):
+                variants.setdefault(form, path)
+                if self.root and form.startswith(os.path.join(self.root, "")):
+                    variants.setdefault(os.path.relpath(form, self.root), path)
+        self._entries = read_store_info(self.store).shards
+        found: dict[str, int] = {}
+        for entry in self._entries:
+            by_path = self._by_path.get(entry["file"])
+            if by_path is None:
+                shard = ShardReader(self.store, files=[entry["file"]]).read_shard(
+                    self.store / entry["file"], fields=("ids", "paths"))
+                by_path = self._by_path[entry["file"]] = dict(zip(shard.paths or [], shard.ids.tolist()))
+            found.update((variants[p], by_path[p]) for p in variants.keys() & by_path.keys())
+        ids = np.fromiter(found.values(), np.int64, len(found))
+        return {path: i for (path, i), live in zip(found.items(), np.isin(ids, live_ids)) if live}
 
     def _from_shards(self, wanted: set[int]) -> dict[int, str]:
         found = {}

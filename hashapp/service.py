@@ -220,7 +220,8 @@ class SearchService:
 
     def add(self, uploads: list[tuple[str, bytes]], label: str | None) -> AddReport:
         """Keep the uploaded files beside the store (``uploads/``, named by content hash), encode
-        them and append them to the store and the saved index."""
+        them and append them to the store and the saved index. An upload the index already holds
+        (the same bytes) is left out: the report's ``skipped`` names it."""
         images = self.decode(uploads)
         codes, features = self.encode(images)
         folder = store_of(self.index) / UPLOADS_DIR
@@ -236,8 +237,11 @@ class SearchService:
             paths.append(str(path))
         faiss.omp_set_num_threads(self.threads)
         with self._reload_lock, edit_saved(self.index_dir, self.index) as index, self.lock.writing():
-            report = append_records(index, codes, features, paths, [label] * len(paths))
+            report = append_records(index, codes, features, paths, [label] * len(paths),
+                                    self.paths if index is self.index else None)
             self._use(index)
+        name_of = {path: name for path, (name, _) in zip(paths, uploads)}
+        report.skipped = [(name_of.get(path, path), reason) for path, reason in report.skipped]
         self._count("adds", len(report.ids))
         return report
 

@@ -25,6 +25,11 @@ from hashindex.index import HashIndex
 from hashindex.persistence import edit_saved
 from hashindex.store import ShardWriter, extend_class_names, read_store_info, remove_from_store
 
+from .query import PathLookup
+
+
+KNOWN = "already in the index"  #: how a skipped image that the index holds is reported
+
 
 @dataclass
 class AddReport:
@@ -65,10 +70,33 @@ def store_of(index: HashIndex) -> Path:
     return Path(store)
 
 
+def already_stored(index: HashIndex, paths: Sequence[str], lookup: PathLookup | None = None) -> dict[int, str]:
+    """``{position: reason}`` for the paths the index already holds (stored by an earlier encode
+    or add) and for repeats within ``paths``: adding them again would count their votes twice.
+    ``lookup``: a :class:`PathLookup` of the index to reuse (it caches the shards it read)."""
+    known = (lookup or PathLookup(index)).stored_ids(list(paths), index.ids)
+    first: dict[str, int] = {}
+    skip = {}
+    for position, path in enumerate(paths):
+        if path in known:
+            skip[position] = f"{KNOWN} as id {known[path]}"
+        elif first.setdefault(os.path.abspath(path), position) != position:
+            skip[position] = "given twice"
+    return skip
+
+
 def append_records(index: HashIndex, codes: np.ndarray, features: np.ndarray, paths: Sequence[str],
-                   classes: Sequence[str | None]) -> AddReport:
+                   classes: Sequence[str | None], lookup: PathLookup | None = None) -> AddReport:
     """Append encoded images to the index's store and to the index in memory (the caller saves it,
-    see :func:`add_images`)."""
+    see :func:`add_images`). Images the index already holds (see :func:`already_stored`) are left
+    out and listed in the report's ``skipped``."""
+    skip = already_stored(index, paths, lookup)
+    if skip:
+        keep = [i for i in range(len(paths)) if i not in skip]
+        report = append_records(index, codes[keep], features[keep], [paths[i] for i in keep],
+                                [classes[i] for i in keep], lookup) if keep else AddReport(np.empty(0, np.int64))
+        report.skipped = [(paths[i], reason) for i, reason in skip.items()] + report.skipped
+        return report
     store = store_of(index)
     info = read_store_info(store)
     if info.class_names != index.class_names:
@@ -104,13 +132,18 @@ def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathL
     if model is None:
         model = load_index_model(index, model_path, f"index {index_dir}")
     items = collect_images(sources, label)
+    # Known images are left out before encoding (a re-run on a grown folder encodes only the new
+    # ones); append_records checks again under the lock, against the latest saved version.
+    known = already_stored(index, [path for path, _ in items])
+    skipped = [(items[i][0], reason) for i, reason in known.items()]
+    items = [item for i, item in enumerate(items) if i not in known]
     codes, features, encoded, failed = encode_files(model, [path for path, _ in items], batch_size=batch_size)
     if not encoded:
-        return AddReport(ids=np.empty(0, np.int64), skipped=failed)
+        return AddReport(ids=np.empty(0, np.int64), skipped=skipped + failed)
     with edit_saved(index_dir, index) as latest:
         report = append_records(latest, codes, features, [items[i][0] for i in encoded],
                                 [items[i][1] for i in encoded])
-    report.skipped = failed
+    report.skipped = skipped + failed + report.skipped
     return report
 
 
@@ -149,12 +182,18 @@ def add_command(index_dir, sources, label, model_path, batch_size):
     """Encode the images in SOURCES (files or folders) with the index's model and add them
     to the index at INDEX_DIR and to its shard store."""
     report = add_images(index_dir, sources, label=label, model_path=model_path, batch_size=batch_size)
+    known = [path for path, reason in report.skipped if reason.startswith(KNOWN)]
     for path, reason in report.skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
-    if not len(report.ids):
-        raise click.ClickException("no readable image to add")
-    click.echo(f"added {len(report.ids)} image(s) to {index_dir} as ids {report.ids[0]}..{report.ids[-1]}"
-               + (f"; new classes: {', '.join(report.new_classes)}" if report.new_classes else ""))
+        if not reason.startswith(KNOWN):
+            click.echo(f"skipped {path}: {reason}", err=True)
+    note = f" ({len(known)} image(s) already in the index left out)" if known else ""
+    if len(report.ids):
+        click.echo(f"added {len(report.ids)} image(s) to {index_dir} as ids {report.ids[0]}..{report.ids[-1]}"
+                   + (f"; new classes: {', '.join(report.new_classes)}" if report.new_classes else "") + note)
+    elif known and len(known) == len(report.skipped):
+        click.echo(f"nothing to add: all {len(known)} image(s) are already in {index_dir}")
+    else:
+        raise click.ClickException("no readable image to add" + note)
 
 
 @click.command("remove")

@@ -7,7 +7,8 @@ Endpoints (JSON in and out; errors are ``{"error": reason}`` with a 4xx status):
 - ``POST /search``: multipart ``image`` file(s) with form fields ``k``, ``rerank``, ``candidates``,
   ``labels`` (comma-separated class names), or a JSON body ``{"codes": [...], "k": 8, "labels": [...]}``
   (hex strings of packed codes, or 0/1 lists; ``"features"`` too for ``"rerank": true``);
-- ``POST /add``: multipart ``image`` file(s) and an optional ``label``;
+- ``POST /add``: multipart ``image`` file(s) and an optional ``label``; an image the index already
+  holds (the same bytes) is skipped and listed under ``skipped``;
 - ``POST /remove``: JSON ``{"ids": [...]}`` and / or ``{"label": NAME}``;
 - ``GET /image/{id}``: the stored image of an id (what the page shows as a thumbnail).
 
@@ -117,6 +118,7 @@ def create_app(service) -> "Starlette":
         label = (payload.get("label") or "").strip() or None
         report = await run_in_threadpool(service.add, await uploads(payload), label)
         return JSONResponse({"ids": report.ids.tolist(), "new_classes": report.new_classes,
+                             "skipped": [{"image": name, "reason": reason} for name, reason in report.skipped],
                              "ntotal": len(service.index)})
 
     async def remove(request: Request):

@@ -62,6 +62,38 @@ def test_add_skips_unreadable_files_and_refuses_nothing_readable(tiny_build, tmp
     assert ShardReader(tiny_build / "shards").class_names == ["0", "1", "2", "3"]  # nothing written
 
 
+def test_adding_the_same_images_again_stores_and_indexes_them_once(tiny_build, new_class_folder, digits_folder):
+    index_dir, shards = tiny_build / "index", tiny_build / "shards"
+    assert _invoke("add", index_dir, new_class_folder).exit_code == 0
+    after_first = HashIndex.load(index_dir)
+    result = _invoke("add", index_dir, new_class_folder)  # a re-run: nothing new
+    assert result.exit_code == 0 and "nothing to add: all 30 image(s) are already in" in result.output
+    # Images stored by the first encode (relative paths under the image root) are known too,
+    # as is a file named twice in one call; only the one new file goes in.
+    old = sorted((digits_folder / "0").iterdir())[:2]
+    extra = sorted((new_class_folder / "4").iterdir())[0].parent.parent / "extra.png"
+    extra.write_bytes(old[0].read_bytes())
+    try:
+        result = _invoke("add", index_dir, *old, extra, extra, "--label", "0")
+    finally:
+        extra.unlink()
+    assert result.exit_code == 0 and "added 1 image(s)" in result.output, result.output
+    assert "2 image(s) already in the index left out" in result.output and "given twice" in result.output
+    index = HashIndex.load(index_dir)
+    assert len(index) == len(after_first) + 1 and len(ShardReader(shards)) == len(index)
+    paths = [p for p in ShardReader(shards).read(fields=("paths",))["paths"]]
+    assert len(paths) == len(set(paths))
+
+
+def test_a_removed_image_can_be_added_again(tiny_build, new_class_folder):
+    index_dir = tiny_build / "index"
+    assert _invoke("add", index_dir, new_class_folder).exit_code == 0
+    assert _invoke("remove", index_dir, "--label", "4").exit_code == 0
+    result = _invoke("add", index_dir, new_class_folder)
+    assert result.exit_code == 0 and "added 30 image(s)" in result.output, result.output
+    assert (HashIndex.load(index_dir).labels == 4).sum() == 30
+
+
 def test_remove_by_ids_and_label_reaches_the_store(tiny_build):
     index_dir = tiny_build / "index"
     before = HashIndex.load(index_dir)

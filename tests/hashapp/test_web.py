@@ -105,6 +105,10 @@ def test_add_then_search_then_remove(tiny_build, new_class_folder):
         added = response.json()
         assert added["new_classes"] == ["4"] and added["ntotal"] == 150 and added["ids"] == list(range(120, 150))
         assert client.get("/image/135").content == files[15].read_bytes()  # kept beside the store
+        again = client.post("/add", files=[_upload(f) for f in files[:3]], data={"label": "4"}).json()
+        assert again["ids"] == [] and again["ntotal"] == 150  # the same bytes: not stored twice
+        assert [s["image"] for s in again["skipped"]] == [f.name for f in files[:3]]
+        assert all(s["reason"].startswith("already in the index as id 12") for s in again["skipped"])
         votes = [client.post("/search", files=[_upload(f)]).json()["results"][0]["voted_class"] for f in files]
         assert votes.count("4") >= 24, votes
         assert client.get("/stats").json()["classes"]["4"] == 30
