@@ -23,7 +23,8 @@ import numpy as np
 
 from hashindex.index import HashIndex
 from hashindex.persistence import edit_saved
-from hashindex.store import ShardWriter, extend_class_names, read_store_info, remove_from_store
+from hashindex.store import ShardReader, ShardWriter, extend_class_names, read_store_info, remove_from_store
+from hashindex.store.format import last_id
 
 from .query import PathLookup
 
@@ -38,6 +39,7 @@ class AddReport:
     ids: np.ndarray
     new_classes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  #: (path, reason)
+    recovered: int = 0  #: records a stopped earlier add had left in the store only (see reconcile_with_store)
 
 
 def collect_images(sources: Sequence["str | os.PathLike"], label: str | None = None) -> list[tuple[str, str | None]]:
@@ -88,35 +90,62 @@ def already_stored(index: HashIndex, paths: Sequence[str], lookup: PathLookup | 
 def append_records(index: HashIndex, codes: np.ndarray, features: np.ndarray, paths: Sequence[str],
                    classes: Sequence[str | None], lookup: PathLookup | None = None) -> AddReport:
     """Append encoded images to the index's store and to the index in memory (the caller saves it,
-    see :func:`add_images`). Images the index already holds (see :func:`already_stored`) are left
-    out and listed in the report's ``skipped``."""
+    see :func:`add_images`). The index is first reconciled with its store (see
+    :func:`reconcile_with_store`); images it already holds (see :func:`already_stored`) are left out
+    and listed in the report's ``skipped``."""
+    recovered = reconcile_with_store(index)[0]
     skip = already_stored(index, paths, lookup)
-    if skip:
-        keep = [i for i in range(len(paths)) if i not in skip]
-        report = append_records(index, codes[keep], features[keep], [paths[i] for i in keep],
-                                [classes[i] for i in keep], lookup) if keep else AddReport(np.empty(0, np.int64))
-        report.skipped = [(paths[i], reason) for i, reason in skip.items()] + report.skipped
+    keep = [i for i in range(len(paths)) if i not in skip]
+    report = AddReport(ids=np.empty(0, np.int64), recovered=recovered,
+                       skipped=[(paths[i], reason) for i, reason in skip.items()])
+    if not keep:
         return report
     store = store_of(index)
     info = read_store_info(store)
-    if info.class_names != index.class_names:
-        raise ValueError(f"{store}: the store's class names {info.class_names} differ from the index's "
-                         f"{index.class_names}; rebuild the index from the store first")
-    if info.bits != index.bits:
-        raise ValueError(f"{store}: {info.bits}-bit store for a {index.bits}-bit index")
-    names = extend_class_names(store, [c for c in classes if c is not None])
-    new_classes = names[len(index.class_names):]
-    labels = np.array([-1 if c is None else names.index(c) for c in classes], dtype=np.int64)
-    features = features.astype(info.feature_dtype) if info.feature_dim is not None else None
+    names = extend_class_names(store, [classes[i] for i in keep if classes[i] is not None])
+    report.new_classes = names[len(index.class_names):]
+    labels = np.array([-1 if classes[i] is None else names.index(classes[i]) for i in keep], dtype=np.int64)
+    features = features[keep].astype(info.feature_dtype) if info.feature_dim is not None else None
     # shard_size = the batch: one shard whose HDF5 chunks fit it (default-sized chunks made a
     # 50-image add write 1.6 MB of mostly empty chunks).
     with ShardWriter(store, info.bits, feature_dim=info.feature_dim, feature_dtype=info.feature_dtype,
-                     class_names=names, resume=True, shard_size=max(1, len(codes))) as writer:
-        ids = writer.add(codes, labels=labels, features=features,
-                         paths=[os.path.abspath(p) for p in paths])  # absolute: outside the image root
+                     class_names=names, resume=True, shard_size=len(keep)) as writer:
+        report.ids = writer.add(codes[keep], labels=labels, features=features,
+                                paths=[os.path.abspath(paths[i]) for i in keep])  # absolute: outside the image root
     index.class_names = names
-    index.add(codes, labels=labels, ids=ids, features=features if index.feature_dim is not None else None)
-    return AddReport(ids=ids, new_classes=new_classes)
+    index.add(codes[keep], labels=labels, ids=report.ids,
+              features=features if index.feature_dim is not None else None)
+    return report
+
+
+def reconcile_with_store(index: HashIndex) -> tuple[int, int]:
+    """Bring the index in memory in line with its store where an edit stopped half-way (a crash
+    between the store write and the index save): records the store holds and the index lacks are
+    added to it (with class names the store appended), records the store lists removed leave it.
+    Returns ``(added, removed)``; only shards whose live count differs from the index's are read."""
+    store = store_of(index)
+    reader = ShardReader(store)
+    names = reader.class_names
+    if reader.bits != index.bits:
+        raise ValueError(f"{store}: {reader.bits}-bit store for a {index.bits}-bit index")
+    if names[:len(index.class_names)] != index.class_names:
+        raise ValueError(f"{store}: the store's class names {names} do not extend the index's "
+                         f"{index.class_names}; rebuild the index from the store first")
+    index.class_names = names
+    removed = index.remove(reader.removed) if len(reader.removed) else 0
+    held = np.sort(index.ids)
+    added = 0
+    for entry, path in zip(reader.entries, reader.shard_paths):
+        in_index = np.searchsorted(held, last_id(entry), "right") - np.searchsorted(held, entry["first_id"])
+        if in_index + reader.removed_in(entry) >= entry["count"]:
+            continue
+        with_features = index.feature_dim is not None and reader.feature_dim is not None
+        shard = reader.read_shard(path, ("codes", "labels", "ids") + (("features",) if with_features else ()))
+        new = ~np.isin(shard.ids, held)
+        index.add(shard.codes[new], labels=shard.labels[new], ids=shard.ids[new],
+                  features=shard.features[new] if with_features else None)
+        added += int(new.sum())
+    return added, removed
 
 
 def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathLike"], *, label: str | None = None,
@@ -158,6 +187,7 @@ def drop_records(index: HashIndex, *, ids: Sequence[int] | None = None, label: s
             raise ValueError(f"unknown class {label!r}; the index has {index.class_names}")
         chosen = np.concatenate([chosen, index.ids[index.labels == index.class_names.index(label)]])
     if index.metadata.get("shards"):
+        reconcile_with_store(index)
         remove_from_store(store_of(index), chosen)
     return index.remove(chosen)
 
@@ -187,6 +217,8 @@ def add_command(index_dir, sources, label, model_path, batch_size):
         if not reason.startswith(KNOWN):
             click.echo(f"skipped {path}: {reason}", err=True)
     note = f" ({len(known)} image(s) already in the index left out)" if known else ""
+    if report.recovered:
+        click.echo(f"recovered {report.recovered} record(s) that a stopped add had left in the store only")
     if len(report.ids):
         click.echo(f"added {len(report.ids)} image(s) to {index_dir} as ids {report.ids[0]}..{report.ids[-1]}"
                    + (f"; new classes: {', '.join(report.new_classes)}" if report.new_classes else "") + note)

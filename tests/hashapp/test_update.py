@@ -94,6 +94,43 @@ def test_a_removed_image_can_be_added_again(tiny_build, new_class_folder):
     assert (HashIndex.load(index_dir).labels == 4).sum() == 30
 
 
+def _crash_at_index_save(monkeypatch):
+    """Make the next index save die after the store was written: a crash in between."""
+    import hashindex.persistence
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash before the index save")
+    monkeypatch.setattr(hashindex.persistence, "save_version", crash)
+
+
+def test_the_next_edit_repairs_what_a_crashed_add_or_removal_left_half_done(tiny_build, new_class_folder,
+                                                                           monkeypatch):
+    index_dir, shards = tiny_build / "index", tiny_build / "shards"
+    with monkeypatch.context() as patch:
+        _crash_at_index_save(patch)
+        assert _invoke("add", index_dir, new_class_folder).exit_code != 0
+    assert len(HashIndex.load(index_dir)) == 120 and len(ShardReader(shards)) == 150  # store only
+    assert ShardReader(shards).class_names[-1] == "4"
+    result = _invoke("add", index_dir, new_class_folder)  # re-run: adopts the 30, stores nothing twice
+    assert result.exit_code == 0, result.output
+    assert "recovered 30 record(s)" in result.output and "nothing to add: all 30" in result.output
+    index = HashIndex.load(index_dir)
+    stored = ShardReader(shards).read(fields=("codes", "labels", "ids"))
+    order = np.argsort(stored["ids"])
+    assert index.class_names[-1] == "4" and np.array_equal(np.sort(index.ids), stored["ids"][order])
+    assert np.array_equal(index.labels_of(stored["ids"][order]), stored["labels"][order])
+    D, I = index.search(stored["codes"][order][-30:], k=1)  # the adopted codes are searchable
+    assert (D[:, 0] == 0).all()
+
+    with monkeypatch.context() as patch:
+        _crash_at_index_save(patch)
+        assert _invoke("remove", index_dir, "--label", "4").exit_code != 0
+    assert len(HashIndex.load(index_dir)) == 150 and len(ShardReader(shards)) == 120
+    assert _invoke("remove", index_dir, "--ids", "0").exit_code == 0  # any later edit finishes it
+    index = HashIndex.load(index_dir)
+    assert len(index) == 119 and not (index.labels == 4).any() and 0 not in index.ids
+
+
 def test_remove_by_ids_and_label_reaches_the_store(tiny_build):
     index_dir = tiny_build / "index"
     before = HashIndex.load(index_dir)
