@@ -124,23 +124,30 @@ def reconcile_with_store(index: HashIndex) -> tuple[int, int]:
     added to it (with class names the store appended), records the store lists removed leave it.
     Returns ``(added, removed)``; only shards whose live count differs from the index's are read."""
     store = store_of(index)
-    reader = ShardReader(store)
-    names = reader.class_names
-    if reader.bits != index.bits:
-        raise ValueError(f"{store}: {reader.bits}-bit store for a {index.bits}-bit index")
-    if names[:len(index.class_names)] != index.class_names:
-        raise ValueError(f"{store}: the store's class names {names} do not extend the index's "
+    info = read_store_info(store)  # the manifest only: shards are opened where counts differ
+    if info.bits != index.bits:
+        raise ValueError(f"{store}: {info.bits}-bit store for a {index.bits}-bit index")
+    if info.class_names[:len(index.class_names)] != index.class_names:
+        raise ValueError(f"{store}: the store's class names {info.class_names} do not extend the index's "
                          f"{index.class_names}; rebuild the index from the store first")
-    index.class_names = names
-    removed = index.remove(reader.removed) if len(reader.removed) else 0
-    held = np.sort(index.ids)
+    index.class_names = list(info.class_names)
+    store_removed = np.asarray(info.removed_ids, dtype=np.int64)
+    removed = index.remove(store_removed) if len(store_removed) else 0
+    held = index.ids
+    if len(held) > 1 and not (held[1:] > held[:-1]).all():  # ids usually arrive in order: no sort
+        held = np.sort(held)
+
+    def within(ids: np.ndarray, entry: dict) -> int:
+        return int(np.searchsorted(ids, last_id(entry), "right") - np.searchsorted(ids, entry["first_id"]))
+
     added = 0
-    for entry, path in zip(reader.entries, reader.shard_paths):
-        in_index = np.searchsorted(held, last_id(entry), "right") - np.searchsorted(held, entry["first_id"])
-        if in_index + reader.removed_in(entry) >= entry["count"]:
+    for entry in info.shards:
+        if within(held, entry) + within(store_removed, entry) >= entry["count"]:
             continue
+        reader = ShardReader(store, files=[entry["file"]])
         with_features = index.feature_dim is not None and reader.feature_dim is not None
-        shard = reader.read_shard(path, ("codes", "labels", "ids") + (("features",) if with_features else ()))
+        shard = reader.read_shard(store / entry["file"],
+                                  ("codes", "labels", "ids") + (("features",) if with_features else ()))
         new = ~np.isin(shard.ids, held)
         index.add(shard.codes[new], labels=shard.labels[new], ids=shard.ids[new],
                   features=shard.features[new] if with_features else None)

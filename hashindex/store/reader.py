@@ -66,9 +66,9 @@ class ShardReader:
 
     def __len__(self) -> int:
         """Records read (removed ones left out)."""
-        return sum(s["count"] - self.removed_in(s) for s in self.entries)
+        return sum(s["count"] - self._removed_in(s) for s in self.entries)
 
-    def removed_in(self, entry: dict) -> int:
+    def _removed_in(self, entry: dict) -> int:
         """Removed ids within a shard's id range (ids increase through the store, so all are its own)."""
         return int(np.searchsorted(self.removed, last_id(entry), "right")
                    - np.searchsorted(self.removed, entry["first_id"]))
