@@ -101,7 +101,7 @@ class PathLookup:
         self.store = Path(store) if store and Path(store).is_dir() else None
         self.root = index.metadata.get("image_root", "")
         self._shards: dict[str, dict[int, str]] = {}
-        self._by_path: dict[str, dict[str, int]] = {}
+        self._hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per shard: path hashes, ids
         self._entries: list[dict] = []
 
     def lookup(self, ids: np.ndarray) -> dict[int, str]:
@@ -119,26 +119,35 @@ class PathLookup:
         """``{path: id}`` for the paths among ``paths`` that the store holds under an id still in
         ``live_ids`` (the index's ids: a removed image may be added again). A path matches as
         given (absolute) or with symlinks resolved, also where the store holds it relative to the
-        image root. Reads every shard once per lookup object."""
+        image root. Every shard's paths are read once per lookup object and kept as 64-bit
+        hashes (16 bytes a record); a hash hit is confirmed against the stored path."""
         if self.store is None or not paths:
             return {}
-        variants: dict[str, str] = {}
-        for path in paths:
-            for form in (os.path.abspath(path), os.path.realpath(path)):
-                variants.setdefault(form, path)
-                if self.root and form.startswith(os.path.join(self.root, "")):
-                    variants.setdefault(os.path.relpath(form, self.root), path)
+        absolute = {path: {os.path.abspath(path), os.path.realpath(path)} for path in paths}
+        by_hash: dict[int, list[str]] = {}
+        prefix = os.path.join(self.root, "") if self.root else None
+        for path, forms in absolute.items():
+            spellings = forms | {os.path.relpath(f, self.root) for f in forms if prefix and f.startswith(prefix)}
+            for spelling in spellings:
+                by_hash.setdefault(hash(spelling), []).append(path)
+        wanted = np.fromiter(by_hash, np.int64, len(by_hash))
         self._entries = read_store_info(self.store).shards
-        found: dict[str, int] = {}
+        hits = []
         for entry in self._entries:
-            by_path = self._by_path.get(entry["file"])
-            if by_path is None:
-                shard = ShardReader(self.store, files=[entry["file"]]).read_shard(
-                    self.store / entry["file"], fields=("ids", "paths"))
-                by_path = self._by_path[entry["file"]] = dict(zip(shard.paths or [], shard.ids.tolist()))
-            found.update((variants[p], by_path[p]) for p in variants.keys() & by_path.keys())
-        ids = np.fromiter(found.values(), np.int64, len(found))
-        return {path: i for (path, i), live in zip(found.items(), np.isin(ids, live_ids)) if live}
+            hashes, ids = self._path_hashes(entry["file"])  # sorted by hash
+            lo, hi = np.searchsorted(hashes, wanted, "left"), np.searchsorted(hashes, wanted, "right")
+            hits.extend((int(h), int(ids[j])) for h, a, b in zip(wanted, lo, hi) for j in range(a, b))
+        hit_ids = np.array([i for _, i in hits], dtype=np.int64)
+        stored = self.lookup(hit_ids[np.isin(hit_ids, live_ids)])
+        return {path: i for h, i in hits if i in stored for path in by_hash[h] if stored[i] in absolute[path]}
+
+    def _path_hashes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._hashes:
+            shard = ShardReader(self.store, files=[name]).read_shard(self.store / name, fields=("ids", "paths"))
+            hashes = np.fromiter(map(hash, shard.paths or []), np.int64, len(shard.paths or []))
+            order = np.argsort(hashes)
+            self._hashes[name] = hashes[order], (shard.ids[order] if shard.paths else np.empty(0, np.int64))
+        return self._hashes[name]
 
     def _from_shards(self, wanted: set[int]) -> dict[int, str]:
         found = {}
