@@ -16,7 +16,7 @@ One run, one JSON (``benchmarks/results/service.json``) and a markdown summary b
   full save (seconds and bytes), on the same index.
 
 The store holds the 1,797 sklearn digits (encoded by the model, with their image files) followed by
-synthetic clustered codes up to ``--codes``. The encoder is an untrained DLBHC small CNN: latency
+synthetic clustered codes (with made-up paths, which `add` reads) up to ``--codes``. The encoder is an untrained DLBHC small CNN: latency
 does not depend on the weights, and correctness is checked against the same model's answers.
 Loopback only; the server process is stopped at the end.
 
@@ -77,7 +77,9 @@ def build_store(work: Path, n_codes: int, seed: int) -> tuple[Path, Path, Path]:
                    paths=[os.path.relpath(path, listing.root) for path, _ in listing.samples])
     with ShardWriter(store, BITS, shard_size=100_000, resume=True) as writer:
         for start in range(0, rest, 100_000):
-            writer.add(data.database[start : start + 100_000], labels=synthetic_labels[start : start + 100_000])
+            stop = min(start + 100_000, rest)  # paths as a real collection has them: `add` reads them all
+            writer.add(data.database[start:stop], labels=synthetic_labels[start:stop],
+                       paths=[f"synthetic/{i % 1000:03d}/{i:08d}.png" for i in range(start, stop)])
     return model_path, listing.root, store
 
 
