@@ -16,8 +16,9 @@ One run, one JSON (``benchmarks/results/service.json``) and a markdown summary b
   full save (seconds and bytes), on the same index.
 
 The store holds the 1,797 sklearn digits (encoded by the model, with their image files) followed by
-synthetic clustered codes (with made-up paths, which `add` reads) up to ``--codes``. The encoder is an untrained DLBHC small CNN: latency
-does not depend on the weights, and correctness is checked against the same model's answers.
+synthetic clustered codes (with made-up paths, which `add` reads) up to ``--codes``. The encoder
+is an untrained DLBHC small CNN: latency does not depend on the weights, and correctness is
+checked against the same model's answers.
 Loopback only; the server process is stopped at the end.
 
     python benchmarks/service.py                      # 1M codes, about 5 minutes on 2 cores
