@@ -280,7 +280,7 @@ def _build(spec: IndexSpec, codes: np.ndarray, bits: int, rng: np.random.Generat
     if spec.needs_training:
         n_train = min(len(codes), TRAIN_CODES_PER_LIST * spec.args[0])
         spec.train(index, codes[np.sort(rng.choice(len(codes), size=n_train, replace=False))])
-    index.add(codes)
+    spec.add(index, codes)
     return index
 
 

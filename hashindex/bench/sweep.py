@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import faiss
 import numpy as np
 
 from ..datasets import SyntheticCodes, benchmark_codes
@@ -86,14 +87,18 @@ def build_indexes(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
         index = HashIndex(cfg.bits, spec)
         if parse_spec(spec).kind == "HNSW":
             index.faiss_index.hnsw.efConstruction = cfg.ef_construction
+        cpu_start = time.process_time()
         _, build_s = timed(lambda: index.add(codes.database))
+        # CPU seconds of all threads: what the build costs, whatever else shares the machine.
         record = {"spec": spec, "built": str(index.spec), "build_s": build_s,
+                  "build_cpu_s": time.process_time() - cpu_start, "threads": faiss.omp_get_max_threads(),
                   "memory_bytes": hashindex_bytes(index), "ef_construction":
                   cfg.ef_construction if parse_spec(spec).kind == "HNSW" else None}
         index.save(folder)
         write_json_atomic(folder / BUILD_RECORD, record)  # written last: a folder without it is unfinished
         records[spec] = record
-        log(f"{spec}: built {index.spec} in {build_s:.1f} s, {record['memory_bytes'] / 2**20:.0f} MiB")
+        log(f"{spec}: built {index.spec} in {build_s:.1f} s ({record['build_cpu_s']:.1f} CPU s), "
+            f"{record['memory_bytes'] / 2**20:.0f} MiB")
         del index
     return records
 
