@@ -74,8 +74,9 @@ LATENCY_QUERIES = 30
 #: Largest ``nflip`` tried on a hash-table kind, and ``efSearch`` on an HNSW graph.
 MAX_NFLIP = 3
 MAX_EF_SEARCH = 1024
-#: ``quantizer_efSearch`` values tried for an IVF over an HNSW quantiser (nprobe tuned at each).
-QUANTIZER_EF_SEARCH = (16, 32, 64, 128)
+#: ``quantizer_efSearch`` values tried for an IVF over an HNSW quantiser (nprobe tuned at each;
+#: steps of about 1.5x, since each step changes the latency by 10-30 %).
+QUANTIZER_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128)
 #: Sub-code width of the MultiHash candidate's tables.
 MULTIHASH_TABLE_BITS = 16
 #: Codes per list of the sampled IVF candidate: several lists per mode of clustered data
@@ -87,6 +88,10 @@ HNSW_M = 32
 #: 22 s on an idle 2-core machine (330 s under load) against IVF's 1.3 s, and IVF was faster at
 #: every recall there (README, Benchmarks).
 HNSW_MAX_CODES = 250_000
+#: Above this many codes only the sampled IVF is built, to keep auto's build within minutes on
+#: 2 cores: at 10M clustered codes k-means IVF4096 took 226 s to build (its fill alone is
+#: n * sqrt(n) Hamming distances) and MultiHash4x16 was slower than the sampled IVF at every recall.
+SAMPLED_ONLY_ABOVE = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,14 @@ def candidate_specs(n: int, bits: int) -> list[IndexSpec]:
     quantiser with about ``sqrt(n)`` lists (k-means); IVF with one list per
     ``SAMPLED_CODES_PER_LIST`` codes, sampled centroids and an HNSW quantiser (many lists per
     mode, no k-means); multi-index hashing with 16-bit tables; and an HNSW graph up to
-    ``HNSW_MAX_CODES``. IVF over an HNSW quantiser trained by k-means is left out: with many
-    lists its k-means takes minutes and partitions no better than sampling."""
+    ``HNSW_MAX_CODES``. Above ``SAMPLED_ONLY_ABOVE`` codes the sampled IVF alone. IVF over an
+    HNSW quantiser trained by k-means is left out: with many lists its k-means takes minutes and
+    partitions no better than sampling."""
     sampled_nlist = min(2 ** round(math.log2(max(16, n / SAMPLED_CODES_PER_LIST))), 65536)
-    specs = [IndexSpec("IVF", (choose_nlist(n),)), IndexSpec("IVF_HNSW_sampled", (sampled_nlist, HNSW_M)),
+    sampled = IndexSpec("IVF_HNSW_sampled", (sampled_nlist, HNSW_M))
+    if n > SAMPLED_ONLY_ABOVE:
+        return [sampled]
+    specs = [IndexSpec("IVF", (choose_nlist(n),)), sampled,
              IndexSpec("MultiHash", (bits // MULTIHASH_TABLE_BITS, MULTIHASH_TABLE_BITS))]
     if n <= HNSW_MAX_CODES:
         specs.append(IndexSpec("HNSW", (HNSW_M,)))

@@ -44,13 +44,18 @@ def test_choose_nlist_is_near_sqrt_n(n, nlist):
     assert choose_nlist(n) == nlist
 
 
-@pytest.mark.parametrize("n, sampled, hnsw", [(10_000_000, "IVF65536_HNSW32_sampled", False),
-                                               (1_000_000, "IVF8192_HNSW32_sampled", False),
+@pytest.mark.parametrize("n, sampled, hnsw", [(1_000_000, "IVF8192_HNSW32_sampled", False),
                                                (12_000, "IVF64_HNSW32_sampled", True)])
 def test_candidates_cover_every_kind_within_their_size_limits(n, sampled, hnsw):
     specs = [str(s) for s in autotune.candidate_specs(n, 64)]
     assert specs[:3] == [f"IVF{choose_nlist(n)}", sampled, "MultiHash4x16"]
     assert ("HNSW32" in specs) == hnsw
+
+
+def test_above_the_build_limit_only_the_sampled_ivf_is_built():
+    assert [str(s) for s in autotune.candidate_specs(autotune.SAMPLED_ONLY_ABOVE, 64)][:3] == [
+        "IVF1024", "IVF16384_HNSW32_sampled", "MultiHash4x16"]
+    assert [str(s) for s in autotune.candidate_specs(10_000_000, 64)] == ["IVF65536_HNSW32_sampled"]
 
 
 def test_drop_sources_by_hand():
