@@ -130,7 +130,7 @@ _AUTO_PARAM_TYPES = {"recall": float, "k": int, "latency_ms": float, "memory_mb"
 FAST_HAMMING_BITS = (32, 64, 128, 160, 256)
 #: ``efSearch`` of an HNSW quantiser when it assigns added codes to lists. At 10M clustered codes
 #: and 65,536 lists, 8 takes 15 µs of CPU per code against 27 µs at Faiss's default 16, and lowered
-#: recall@8 by 0.003-0.005 at every search setting on tuning queries (4 costs 0.02-0.03).
+#: recall@8 by 0-0.008 at every search setting on tuning queries (<= 0.005 above recall 0.93; 4 costs 0.02-0.03).
 ADD_QUANTIZER_EF_SEARCH = 8
 
 

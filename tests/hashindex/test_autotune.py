@@ -114,6 +114,37 @@ def test_tune_search_param_finds_the_smallest_value_reaching_the_target():
     assert recall_at(64) == 1.0  # exhaustive
 
 
+def test_tuning_times_every_setting_reaching_the_target_in_alternation_and_keeps_the_fastest(monkeypatch):
+    import faiss
+    from types import SimpleNamespace
+
+    codes = synthetic_codes(12_000, 0, 64, "clustered", n_clusters=120, seed=8).database
+    spec = parse_spec("IVF64_HNSW8_sampled")
+    index = autotune._build(spec, codes, 64, np.random.default_rng(0))
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(codes)
+    cal = Calibration.draw(codes, flat, 8, 0.05, np.random.default_rng(2))
+    timed = {}
+
+    def fake_time_single(fns, queries, k, budget_s, max_samples):
+        # each call sets its own parameters; the later a setting, the "faster" it is made to look
+        for name, fn in fns.items():
+            fn(queries[:1], k)
+            timed[name] = (index.nprobe, faiss.downcast_IndexBinary(index.quantizer).hnsw.efSearch)
+        return {name: SimpleNamespace(median_ms=1.0 / (1 + int(name))) for name in fns}
+
+    monkeypatch.setattr(autotune, "time_single", fake_time_single)
+    params, recall, latency = autotune._tune(index, spec.kind, cal, 0.9)
+    reaching = list(timed.values())
+    assert len(reaching) == len(set(reaching)) >= 2  # several settings, each timed with its own parameters
+    for nprobe, depth in reaching:  # only settings whose calibrated recall reaches the target were timed
+        autotune.apply_search_params(index, spec.kind, {"nprobe": nprobe, "quantizer_efSearch": depth})
+        assert cal.recall(index.search) >= 0.9
+    assert (params["nprobe"], params["quantizer_efSearch"]) == reaching[-1] and latency == 1.0 / len(reaching)
+    assert (index.nprobe, faiss.downcast_IndexBinary(index.quantizer).hnsw.efSearch) == reaching[-1]  # applied
+    assert recall == pytest.approx(cal.recall(index.search))
+
+
 def test_small_database_resolves_to_exact_flat(rng):
     codes = synthetic_codes(2000, 20, 64, "clustered", seed=1)
     index = HashIndex(64, "auto,recall=0.9")
