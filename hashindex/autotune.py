@@ -371,4 +371,3 @@ def _single_ms_in_alternation(index: faiss.IndexBinary, kind: str, settings: lis
     latency = time_single({str(i): at(params) for i, params in enumerate(settings)}, queries, 8,
                           budget_s=math.inf, max_samples=len(queries))
     return [latency[str(i)].median_ms for i in range(len(settings))]
-
