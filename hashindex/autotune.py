@@ -361,13 +361,20 @@ def _tune(index: faiss.IndexBinary, kind: str, calibration: "Calibration", targe
 def _single_ms_in_alternation(index: faiss.IndexBinary, kind: str, settings: list[dict],
                               queries: np.ndarray) -> list[float]:
     """Median one-query latency (ms, k = 8) of ``index`` at each of its search-parameter
-    ``settings``, the settings taking turns query by query (each call sets its own)."""
+    ``settings``, the settings taking turns query by query (each call sets its own), on one
+    OpenMP thread: a single query gains nothing from more, and on a loaded machine each one
+    then waits for a descheduled thread (24 ms per query measured at 10M with two threads)."""
     def at(params: dict) -> Callable:
         def search(q: np.ndarray, k: int):
             apply_search_params(index, kind, params)
             return index.search(q, k)
         return search
 
-    latency = time_single({str(i): at(params) for i, params in enumerate(settings)}, queries, 8,
-                          budget_s=math.inf, max_samples=len(queries))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        latency = time_single({str(i): at(params) for i, params in enumerate(settings)}, queries, 8,
+                              budget_s=math.inf, max_samples=len(queries))
+    finally:
+        faiss.omp_set_num_threads(threads)
     return [latency[str(i)].median_ms for i in range(len(settings))]

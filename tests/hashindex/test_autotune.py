@@ -128,13 +128,19 @@ def test_tuning_times_every_setting_reaching_the_target_in_alternation_and_keeps
 
     def fake_time_single(fns, queries, k, budget_s, max_samples):
         # each call sets its own parameters; the later a setting, the "faster" it is made to look
+        assert faiss.omp_get_max_threads() == 1  # single queries are timed on one thread
         for name, fn in fns.items():
             fn(queries[:1], k)
             timed[name] = (index.nprobe, faiss.downcast_IndexBinary(index.quantizer).hnsw.efSearch)
         return {name: SimpleNamespace(median_ms=1.0 / (1 + int(name))) for name in fns}
 
     monkeypatch.setattr(autotune, "time_single", fake_time_single)
-    params, recall, latency = autotune._tune(index, spec.kind, cal, 0.9)
+    faiss.omp_set_num_threads(2)
+    try:
+        params, recall, latency = autotune._tune(index, spec.kind, cal, 0.9)
+        assert faiss.omp_get_max_threads() == 2  # and the caller's threads are given back
+    finally:
+        faiss.omp_set_num_threads(1)
     reaching = list(timed.values())
     assert len(reaching) == len(set(reaching)) >= 2  # several settings, each timed with its own parameters
     for nprobe, depth in reaching:  # only settings whose calibrated recall reaches the target were timed
