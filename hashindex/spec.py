@@ -24,7 +24,7 @@ canonical form; every index is built by ``faiss.index_binary_factory``.
 
 Codes added to an IVF over an HNSW quantiser go to the list that quantiser finds at depth
 :data:`ADD_QUANTIZER_EF_SEARCH` (8), whatever ``quantizer_efSearch`` searches use: the fill is
-10M quantiser searches at 10M codes, and depth 8 costs half the CPU of Faiss's default 16.
+10M quantiser searches at 10M codes, and depth 8 costs about half the CPU of Faiss's default 16.
 
 ``_sampled`` IVF takes ``nlist`` random database codes as its centroids instead of running
 k-means. With many lists per mode of the data (e.g. 65,536 lists for 10M codes from 10,000
