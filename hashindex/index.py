@@ -171,7 +171,7 @@ class HashIndex:
         else:
             if not self.is_trained:
                 self.train(packed)
-            self._index.add(self._faiss_codes(packed))
+            self.spec.add(self._index, self._faiss_codes(packed))
         self._labels = np.concatenate([self._labels, labels])
         self._ids_are_rows = self._ids_are_rows and bool(np.array_equal(ids, np.arange(len(self._ids), len(self._ids) + n)))
         self._ids = np.concatenate([self._ids, ids])

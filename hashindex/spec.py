@@ -22,6 +22,10 @@ searches for the ``nprobe`` nearest lists; Faiss's default, 16, misses lists at 
 ``"BIVF1024_HNSW32"``, ``"BHNSW32"``, ``"BHash4x16"``, ``"BHash16"``) and print in the
 canonical form; every index is built by ``faiss.index_binary_factory``.
 
+Codes added to an IVF over an HNSW quantiser go to the list that quantiser finds at depth
+:data:`ADD_QUANTIZER_EF_SEARCH` (8), whatever ``quantizer_efSearch`` searches use: the fill is
+10M quantiser searches at 10M codes, and depth 8 costs about half the CPU of Faiss's default 16.
+
 ``_sampled`` IVF takes ``nlist`` random database codes as its centroids instead of running
 k-means. With many lists per mode of the data (e.g. 65,536 lists for 10M codes from 10,000
 modes) that partitions as well as k-means and trains in well under a second instead of minutes:
@@ -124,6 +128,10 @@ _AUTO_PARAM_TYPES = {"recall": float, "k": int, "latency_ms": float, "memory_mb"
 #: 32 bytes). Other widths take Faiss's generic path, about 3x slower here; 512 bits (64 bytes)
 #: is specialised too but measured no faster than the generic path, so wider codes stay as they are.
 FAST_HAMMING_BITS = (32, 64, 128, 160, 256)
+#: ``efSearch`` of an HNSW quantiser when it assigns added codes to lists. At 10M clustered codes
+#: and 65,536 lists, 8 takes 15 µs of CPU per code against 27 µs at Faiss's default 16, and lowered
+#: recall@8 by 0-0.008 at every search setting on tuning queries (<= 0.005 above recall 0.93; 4 costs 0.02-0.03).
+ADD_QUANTIZER_EF_SEARCH = 8
 
 
 def spec_grammar() -> str:
@@ -177,6 +185,19 @@ class IndexSpec:
         rows = np.sort(np.random.default_rng(0).choice(len(codes), size=nlist, replace=False))
         index.quantizer.add(np.ascontiguousarray(codes[rows]))
         index.is_trained = True
+
+    def add(self, index: faiss.IndexBinary, codes: np.ndarray) -> None:
+        """Add ``codes`` (at the index's width) to ``index``, built by :meth:`build` and trained.
+        An HNSW quantiser assigns them to lists at depth :data:`ADD_QUANTIZER_EF_SEARCH`; its
+        search-time depth is left as it is."""
+        if "quantizer_efSearch" not in KINDS[self.kind].params:
+            index.add(codes)
+            return
+        codes = np.ascontiguousarray(codes)
+        depth = faiss.SearchParametersHNSW()
+        depth.efSearch = ADD_QUANTIZER_EF_SEARCH
+        _, lists = faiss.downcast_IndexBinary(index.quantizer).search(codes, 1, params=depth)
+        index.add_core(len(codes), faiss.swig_ptr(codes), None, faiss.swig_ptr(np.ascontiguousarray(lists[:, 0])))
 
     def build(self, bits: int) -> faiss.IndexBinary:
         """A new, empty Faiss binary index for ``bits``-bit codes with this spec's parameters."""

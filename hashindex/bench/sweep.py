@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import faiss
 import numpy as np
 
 from ..datasets import SyntheticCodes, benchmark_codes
@@ -86,14 +87,18 @@ def build_indexes(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
         index = HashIndex(cfg.bits, spec)
         if parse_spec(spec).kind == "HNSW":
             index.faiss_index.hnsw.efConstruction = cfg.ef_construction
+        cpu_start = time.process_time()
         _, build_s = timed(lambda: index.add(codes.database))
+        # CPU seconds of all threads: what the build costs, whatever else shares the machine.
         record = {"spec": spec, "built": str(index.spec), "build_s": build_s,
+                  "build_cpu_s": time.process_time() - cpu_start, "threads": faiss.omp_get_max_threads(),
                   "memory_bytes": hashindex_bytes(index), "ef_construction":
                   cfg.ef_construction if parse_spec(spec).kind == "HNSW" else None}
         index.save(folder)
         write_json_atomic(folder / BUILD_RECORD, record)  # written last: a folder without it is unfinished
         records[spec] = record
-        log(f"{spec}: built {index.spec} in {build_s:.1f} s, {record['memory_bytes'] / 2**20:.0f} MiB")
+        log(f"{spec}: built {index.spec} in {build_s:.1f} s ({record['build_cpu_s']:.1f} CPU s), "
+            f"{record['memory_bytes'] / 2**20:.0f} MiB")
         del index
     return records
 
@@ -121,7 +126,7 @@ def measure_sweep(cfg: SweepConfig, cache: str | os.PathLike, log: Callable[[str
         recall = distance_recall(codes.queries[: batch.queries], codes.database, batch.ids, kth[: batch.queries])
         row = {"spec": label, "kind": index.spec.kind, "recall": recall, "recall_queries": batch.queries,
                "latency_ms": asdict(single), "qps": batch.qps, "build_s": record.get("build_s"),
-               "memory_bytes": record.get("memory_bytes")}
+               "build_cpu_s": record.get("build_cpu_s"), "memory_bytes": record.get("memory_bytes")}
         result["rows"].append(row)
         log(f"  {label}: recall {recall:.3f}, {single.median_ms:.4f} ms/query, {batch.qps:,.0f} QPS")
         return row
@@ -196,6 +201,7 @@ def _measure_auto(cfg: SweepConfig, cache: Path, request: str, codes: SyntheticC
     single = time_single(fns, codes.queries, cfg.k, cfg.budget_s * 2, len(codes.queries))
     _, I = auto.search(codes.queries, cfg.k)
     out = {"request": request, "chosen": str(auto.spec), "build_s": record["build_s"],
+           "build_cpu_s": record.get("build_cpu_s"),
            "memory_bytes": record["memory_bytes"], "recall": distance_recall(codes.queries, codes.database, I, kth),
            "calibrated_recall": auto.metadata["auto"]["recall"], "latency_ms": asdict(single["auto"]),
            "candidates": auto.metadata["auto"]["candidates"],
@@ -227,7 +233,8 @@ def summarise(result: dict) -> dict:
         summary["best"] = {"spec": best["spec"], "recall": best["recall"], "ms": best["latency_ms"]["median_ms"],
                            "vs_flat": speedup, "vs_flat_met": speedup >= BEST_VS_FLAT,
                            "vs_flat_alternating": paired["vs_flat"] if paired else None,
-                           "ms_met": best["latency_ms"]["median_ms"] <= BEST_MS, "build_s": best["build_s"]}
+                           "ms_met": best["latency_ms"]["median_ms"] <= BEST_MS, "build_s": best["build_s"],
+                           "build_cpu_s": best["build_cpu_s"]}
     for auto in result.get("auto") or []:
         if auto and auto.get("vs_hand_set") is not None:
             auto["within_goal"] = auto["vs_hand_set"] <= AUTO_SLOWDOWN
@@ -242,8 +249,8 @@ def sweep_markdown(result: dict) -> str:
              f"{env['faiss_threads']} thread(s); load average at start {env['load_average_at_start']}, at end "
              f"{env.get('load_average_at_end')}; {env['started_utc']}; measuring took {result['elapsed_s']:.0f} s.",
              "", f"Codes: {result['generator']}. {cfg['queries']} queries; recall = distance recall@{cfg['k']} "
-             "against exact flat search; latency = single-query median (p99); build = seconds to train and fill "
-             "at low CPU priority on the shared machine.", ""]
+             "against exact flat search; latency = single-query median (p99); build = wall seconds to train and "
+             "fill at low CPU priority on the shared machine (CPU seconds of all threads).", ""]
     if s["best"]:
         b = s["best"]
         paired = result.get("paired_best")
@@ -260,16 +267,18 @@ def sweep_markdown(result: dict) -> str:
             lines += [f"`{auto['request']}` -> `{auto['chosen']}`: recall {auto['recall']:.3f} on these queries "
                       f"(calibrated {auto['calibrated_recall']:.3f}), {auto['latency_ms']['median_ms']:.4f} ms, "
                       f"built and tuned in {auto['build_s']:.0f} s"
+                      + ("" if auto.get("build_cpu_s") is None else f" ({auto['build_cpu_s']:.0f} CPU s)")
                       + (f"; best hand-set `{hand['spec']}` {hand['latency_ms']['median_ms']:.4f} ms in "
                          f"alternation: {auto['vs_hand_set']:.2f}x (goal <= {AUTO_SLOWDOWN}x)" if hand else ""), ""]
     if result["missing"]:
         lines += ["Not built: " + ", ".join(f"`{m}`" for m in result["missing"]), ""]
-    lines += ["| spec | recall | median ms (p99) | vs flat | QPS (batch) | build s | memory MiB |",
+    lines += ["| spec | recall | median ms (p99) | vs flat | QPS (batch) | build s (CPU s) | memory MiB |",
               "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lat = r["latency_ms"]
         lines.append(f"| {r['spec']} | {r['recall']:.3f} | {lat['median_ms']:.4f} ({lat['p99_ms']:.3f}) | "
                      f"{result['flat_ms'] / lat['median_ms']:.0f}x | {r['qps']:,.0f} | "
-                     + ("—" if r["build_s"] is None else f"{r['build_s']:.0f}")
+                     + ("—" if r["build_s"] is None else f"{r['build_s']:.0f}"
+                        + ("" if r.get("build_cpu_s") is None else f" ({r['build_cpu_s']:.0f})"))
                      + f" | {r['memory_bytes'] / 2**20:,.0f} |")
     return "\n".join(lines) + "\n"

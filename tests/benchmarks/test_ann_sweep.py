@@ -39,6 +39,7 @@ def test_builds_are_recorded_and_reused(swept):
         folder = cache_folder(cfg, cache) / cache_name(spec)
         record = json.loads((folder / BUILD_RECORD).read_text())
         assert record["build_s"] > 0 and record["memory_bytes"] > cfg.size * 8
+        assert record["build_cpu_s"] > 0 and record["threads"] == 1
         assert len(HashIndex.load(folder)) == cfg.size
 
 

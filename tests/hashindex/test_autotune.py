@@ -44,13 +44,18 @@ def test_choose_nlist_is_near_sqrt_n(n, nlist):
     assert choose_nlist(n) == nlist
 
 
-@pytest.mark.parametrize("n, sampled, hnsw", [(10_000_000, "IVF65536_HNSW32_sampled", False),
-                                               (1_000_000, "IVF8192_HNSW32_sampled", False),
+@pytest.mark.parametrize("n, sampled, hnsw", [(1_000_000, "IVF8192_HNSW32_sampled", False),
                                                (12_000, "IVF64_HNSW32_sampled", True)])
 def test_candidates_cover_every_kind_within_their_size_limits(n, sampled, hnsw):
     specs = [str(s) for s in autotune.candidate_specs(n, 64)]
     assert specs[:3] == [f"IVF{choose_nlist(n)}", sampled, "MultiHash4x16"]
     assert ("HNSW32" in specs) == hnsw
+
+
+def test_above_the_build_limit_only_the_sampled_ivf_is_built():
+    assert [str(s) for s in autotune.candidate_specs(autotune.SAMPLED_ONLY_ABOVE, 64)][:3] == [
+        "IVF1024", "IVF16384_HNSW32_sampled", "MultiHash4x16"]
+    assert [str(s) for s in autotune.candidate_specs(10_000_000, 64)] == ["IVF65536_HNSW32_sampled"]
 
 
 def test_drop_sources_by_hand():
@@ -107,6 +112,43 @@ def test_tune_search_param_finds_the_smallest_value_reaching_the_target():
     if nprobe > 1:
         assert recall_at(nprobe - 1) < 0.9
     assert recall_at(64) == 1.0  # exhaustive
+
+
+def test_tuning_times_every_setting_reaching_the_target_in_alternation_and_keeps_the_fastest(monkeypatch):
+    import faiss
+    from types import SimpleNamespace
+
+    codes = synthetic_codes(12_000, 0, 64, "clustered", n_clusters=120, seed=8).database
+    spec = parse_spec("IVF64_HNSW8_sampled")
+    index = autotune._build(spec, codes, 64, np.random.default_rng(0))
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(codes)
+    cal = Calibration.draw(codes, flat, 8, 0.05, np.random.default_rng(2))
+    timed = {}
+
+    def fake_time_single(fns, queries, k, budget_s, max_samples):
+        # each call sets its own parameters; the later a setting, the "faster" it is made to look
+        assert faiss.omp_get_max_threads() == 1  # single queries are timed on one thread
+        for name, fn in fns.items():
+            fn(queries[:1], k)
+            timed[name] = (index.nprobe, faiss.downcast_IndexBinary(index.quantizer).hnsw.efSearch)
+        return {name: SimpleNamespace(median_ms=1.0 / (1 + int(name))) for name in fns}
+
+    monkeypatch.setattr(autotune, "time_single", fake_time_single)
+    faiss.omp_set_num_threads(2)
+    try:
+        params, recall, latency = autotune._tune(index, spec.kind, cal, 0.9)
+        assert faiss.omp_get_max_threads() == 2  # and the caller's threads are given back
+    finally:
+        faiss.omp_set_num_threads(1)
+    reaching = list(timed.values())
+    assert len(reaching) == len(set(reaching)) >= 2  # several settings, each timed with its own parameters
+    for nprobe, depth in reaching:  # only settings whose calibrated recall reaches the target were timed
+        autotune.apply_search_params(index, spec.kind, {"nprobe": nprobe, "quantizer_efSearch": depth})
+        assert cal.recall(index.search) >= 0.9
+    assert (params["nprobe"], params["quantizer_efSearch"]) == reaching[-1] and latency == 1.0 / len(reaching)
+    assert (index.nprobe, faiss.downcast_IndexBinary(index.quantizer).hnsw.efSearch) == reaching[-1]  # applied
+    assert recall == pytest.approx(cal.recall(index.search))
 
 
 def test_small_database_resolves_to_exact_flat(rng):

@@ -4,10 +4,10 @@ import pytest
 import faiss
 
 from hashindex import HashIndex, parse_spec
-from hashindex.spec import KINDS
+from hashindex.spec import ADD_QUANTIZER_EF_SEARCH, KINDS
 from hashindex.bench import distance_recall
 from hashindex.datasets import synthetic_codes
-from hashindex.testing import brute_force_knn, hamming_matrix
+from hashindex.testing import assert_same_knn, brute_force_knn, hamming_matrix
 
 DOCUMENTED_SPECS = ["flat", "IVF16", "IVF16,nprobe=4", "IVF16_HNSW8", "IVF16_HNSW8,nprobe=4", "IVF16_HNSW8_sampled",
                     "IVF16_HNSW8_sampled,nprobe=4", "HNSW16",
@@ -49,6 +49,32 @@ def test_quantizer_ef_search_is_set_on_the_hnsw_quantiser_and_survives_save_load
         assert ix.faiss_index.nprobe == 3
     with pytest.raises(ValueError, match="parameters for this index"):
         parse_spec("IVF16,quantizer_efSearch=4")  # a flat quantiser has no search depth
+
+
+@pytest.mark.parametrize("spec", ["IVF256_HNSW8_sampled,quantizer_efSearch=64,nprobe=6", "IVF64_HNSW8,nprobe=3"])
+def test_hnsw_quantiser_fills_lists_at_the_add_depth_and_search_is_exact_over_the_probed_lists(spec):
+    data = synthetic_codes(6000, 60, 64, "clustered", n_clusters=300, queries="perturbed", seed=5)
+    index = HashIndex(64, spec)
+    index.add(data.database[:4000])
+    index.add(data.database[4000:])  # a second add assigns the same way
+    ivf, quantiser = index.faiss_index, faiss.downcast_IndexBinary(index.faiss_index.quantizer)
+    assert quantiser.hnsw.efSearch == index.spec.params.get("quantizer_efSearch", 16)  # search depth untouched
+    stored = np.empty(len(data.database), dtype=np.int64)
+    for lst in range(ivf.nlist):
+        stored[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst)).copy()] = lst
+    depth = faiss.SearchParametersHNSW()
+    depth.efSearch = ADD_QUANTIZER_EF_SEARCH
+    np.testing.assert_array_equal(stored, quantiser.search(data.database, 1, params=depth)[1][:, 0])
+    deeper = quantiser.search(data.database, 1)[1][:, 0]
+    assert 0 < np.mean(stored != deeper) < 0.2  # the add depth is shallower, and it matters (a little)
+
+    D, I = index.search(data.queries, k=8)
+    probed = quantiser.search(data.queries, ivf.nprobe)[1]
+    for row, query in enumerate(data.queries):
+        members = np.flatnonzero(np.isin(stored, probed[row]))
+        D_ref, I_ref = brute_force_knn(query[None], data.database[members], 8)
+        I_ref = np.where(I_ref >= 0, members[np.maximum(I_ref, 0)], -1)
+        assert_same_knn(D_ref, I_ref, D[row:row + 1], I[row:row + 1], database=data.database, queries=query[None])
 
 
 def test_sampled_ivf_needs_as_many_codes_as_lists(rng):
