@@ -72,3 +72,17 @@ def test_blur_stem_is_recorded_in_the_model_file(tmp_path):
                                                        num_classes=4, width=8, feature_dim=32, input_size=16),
                                         tmp_path / "v.pt", class_names=list("abcd")))
     assert variant.config["backbone"] == "small_cnn_blur" and variant.backbone.stem.sigma == 1.0
+
+
+def test_the_cli_trains_the_readme_recipe_with_the_blur_stem(tmp_path, digits_folder):
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--method", "proxy_anchor_hash", "--backbone",
+                                       "small_cnn_blur", "--epochs", "1", "--bits", "16", "--batch-size", "40",
+                                       "--lr-schedule", "cosine", "--augment", "shift_noise",
+                                       "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 0, result.output
+    model = load_encoder(tmp_path / "m.pt")
+    assert model.method == "proxy_anchor_hash" and model.backbone.stem.sigma == 1.0
