@@ -242,7 +242,7 @@ METHODS = {
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
 }
-DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise", "proxy_anchor_blur")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
