@@ -1,5 +1,5 @@
 """The Gaussian blur stem of ``small_cnn``: a fixed low-pass filter checked against a direct 2-D
-convolution in numpy, and recorded in the model file."""
+convolution in numpy, recorded in the model file and trained through the CLI."""
 
 import numpy as np
 import pytest
