@@ -207,6 +207,7 @@ class MethodSetup:
     augment: str = "shift"
 
 
+BLUR_STEM = {"input_size": 32, "blur_sigma": 1.0}
 METHODS = {
     # The classical anchor: ITQ fitted on raw 28 x 28 pixels of the seen training images.
     "itq_pixels": MethodSetup("ITQ (pixels)", "itq", backbone="pixels", encoder_kwargs={"input_size": 28}),
@@ -232,8 +233,16 @@ METHODS = {
                                     "proxy_anchor_hash", augment="shift_noise",
                                     encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0,
                                                     "classification_weight": 1.0}),
+    # Noise aug. and a fixed Gaussian blur stem (sd 1 px at 32 px) before the first convolution.
+    "proxy_anchor_blur": MethodSetup("Proxy-Anchor hash, noise aug., blur stem", "proxy_anchor_hash",
+                                     encoder_kwargs=BLUR_STEM, augment="shift_noise"),
+    "dlbhc_blur": MethodSetup("DLBHC + mixup, noise aug., blur stem", "dlbhc", encoder_kwargs=BLUR_STEM, mixup=1.0,
+                              augment="shift_noise"),
+    "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
+                                           "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
+                                           epochs_scale=0.5, augment="shift_noise"),
 }
-DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise")
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise", "proxy_anchor_blur")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:

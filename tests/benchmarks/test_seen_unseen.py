@@ -225,3 +225,14 @@ def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monke
     table = (tmp_path / "out" / "seen_unseen_tune_sn.md").read_text()
     assert "### shifted+noisy\n" in table and "### clean" not in table
     assert (tmp_path / "out" / "seen_unseen_tune.json").exists()
+
+
+def test_every_method_setup_builds_its_model(bench):
+    # Catches a recipe whose keywords its method or backbone does not take before a long run does.
+    from encoders import create_encoder
+
+    for key, setup in bench.METHODS.items():
+        assert setup.init_trunk_from is None or setup.init_trunk_from in bench.METHODS, key
+        model = create_encoder(setup.method, backbone=setup.backbone, bits=16, num_classes=7, **setup.encoder_kwargs)
+        stem = getattr(getattr(model, "backbone", None), "stem", None)
+        assert (getattr(stem, "sigma", 0.0) > 0) == ("blur stem" in setup.label), key

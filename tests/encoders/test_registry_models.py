@@ -15,6 +15,7 @@ from hashindex.testing import assert_same_knn, brute_force_knn
 #: Tiny settings per backbone; a new backbone needs an entry here.
 TINY_BACKBONES = {
     "small_cnn": dict(width=4, feature_dim=12, input_size=16),
+    "small_cnn_blur": dict(width=4, feature_dim=12, input_size=16),
     "alexnet": dict(width=1 / 16, fc_dim=16, input_size=64),
     "vgg16": dict(width=1 / 16, fc_dim=16, input_size=32),
     "vgg19": dict(width=1 / 16, fc_dim=16, input_size=32),
