@@ -170,7 +170,8 @@ def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathL
     items = collect_images(sources, label)
     # Known images are left out before encoding (a re-run on a grown folder encodes only the new
     # ones); append_records checks again under the lock, against the latest saved version.
-    known = already_stored(index, [path for path, _ in items])
+    lookup = PathLookup(index)  # one read of the stored paths serves both checks
+    known = already_stored(index, [path for path, _ in items], lookup)
     skipped = [(items[i][0], reason) for i, reason in known.items()]
     items = [item for i, item in enumerate(items) if i not in known]
     codes, features, encoded, failed = encode_files(model, [path for path, _ in items], batch_size=batch_size)
@@ -178,7 +179,7 @@ def add_images(index_dir: "str | os.PathLike", sources: Sequence["str | os.PathL
         return AddReport(ids=np.empty(0, np.int64), skipped=skipped + failed)
     with edit_saved(index_dir, index) as latest:
         report = append_records(latest, codes, features, [items[i][0] for i in encoded],
-                                [items[i][1] for i in encoded])
+                                [items[i][1] for i in encoded], lookup)
     report.skipped = skipped + failed + report.skipped
     return report
 
