@@ -103,13 +103,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
-        for name in ("lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
+        for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        for name in ("epochs", "step_budget"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.step_budget is not None and self.step_budget < 1:
+            raise ValueError(f"step_budget must be >= 1, got {self.step_budget}")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).

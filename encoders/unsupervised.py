@@ -91,7 +91,8 @@ def fit_feature_encoder(
         model, images, batch_size=config.batch_size or 64, num_workers=config.num_workers, device=config.device,
         reconstruction_size=hasher.reconstruction_size, ids=ids, progress=progress)
     if hasher.iterative:
-        hasher.fit(features, targets, device=config.device, epochs=config.epochs or DEFAULT_EPOCHS, progress=progress)
+        epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
+        hasher.fit(features, targets, device=config.device, epochs=epochs, progress=progress)
     else:
         hasher.fit(features)
     model.cpu().eval()
