@@ -87,7 +87,8 @@ def _train_options(fn):
         click.option("--batch-size", type=click.IntRange(min=2), default=None,
                      help="Training batch [default: 64; 32 for efficientnet_lite0, which stays under 3 GB]."),
         click.option("--lr", type=click.FloatRange(min=0), default=None,
-                     help="Learning rate (of the hash head) [default: 1e-3; DLBHC on a pretrained backbone: 1e-4]."),
+                     help="Learning rate (of the hash head) "
+                          "[default: 1e-3; DLBHC and HashNet on a pretrained backbone: 1e-4]."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_CHOICES), default="constant",
                      help="Per-step learning-rate schedule (to lr / 100)."),
@@ -102,7 +103,7 @@ def _train_options(fn):
         # (encoders.training.resolve_train_config) decides.
         click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
                      help="Backbone learning rate = lr x this "
-                          "[default: 0.1 with pretrained weights (DLBHC: 1), else 1]."),
+                          "[default: 0.1 with pretrained weights (DLBHC, HashNet: 1), else 1]."),
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
                      help="First epochs in which only the hash head trains [default: 0]."),
         click.option("--freeze-early/--train-early", default=None,

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from encoders import create_encoder
+from encoders import create_backbone, create_encoder
 from encoders.data import list_images
 from encoders.losses import add_code_terms, code_terms
 from encoders.dlbhc import DLBHC
+from encoders.hashnet import HashNet
 from encoders.training import (DEFAULT_EPOCHS, DEFAULT_LR, PRETRAINED_RECIPE, TrainConfig, epochs_for_budget,
                                resolve_stages, resolve_train_config, train_model)
 from hashapp.pipeline import train_encoder, training_code_health
@@ -28,8 +29,18 @@ def _changed(before, modules):
     return [not torch.equal(a, p) for a, p in zip(before, (p for m in modules for p in m.parameters()))]
 
 
+class CommonRecipeHashNet(HashNet):
+    """HashNet without its own changes to the pretrained recipe."""
+
+    pretrained_recipe = {}
+
+
+def _common_recipe_model():
+    return CommonRecipeHashNet(create_backbone("efficientnet_lite0", pretrained=True, input_size=32), 16)
+
+
 def test_pretrained_backbone_gets_the_pretrained_recipe():
-    config = resolve_train_config(_lite("hashnet"))
+    config = resolve_train_config(_common_recipe_model())
     assert (config.lr, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
         PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"], PRETRAINED_RECIPE["warmup_epochs"], True)
     assert config.batch_size == 32  # EfficientNet-Lite0's default batch
@@ -41,12 +52,13 @@ def test_pretrained_backbone_gets_the_pretrained_recipe():
 
 
 def test_a_method_changes_the_pretrained_recipe():
-    # DLBHC's head learns by classification: at the common head rate it maps a class to one code.
-    dlbhc = resolve_train_config(_lite())
-    assert DLBHC.pretrained_recipe and dlbhc.lr == DLBHC.pretrained_recipe["lr"] != PRETRAINED_RECIPE["lr"]
-    assert dlbhc.backbone_lr_scale == {**PRETRAINED_RECIPE, **DLBHC.pretrained_recipe}["backbone_lr_scale"]
-    hashnet = resolve_train_config(_lite("hashnet"))
-    assert (hashnet.lr, hashnet.backbone_lr_scale) == (PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"])
+    # At the common head rate, DLBHC's and HashNet's heads pull each class onto a few codes.
+    for method, cls in (("dlbhc", DLBHC), ("hashnet", HashNet)):
+        config = resolve_train_config(_lite(method))
+        assert cls.pretrained_recipe and config.lr == cls.pretrained_recipe["lr"] != PRETRAINED_RECIPE["lr"]
+        assert config.backbone_lr_scale == {**PRETRAINED_RECIPE, **cls.pretrained_recipe}["backbone_lr_scale"]
+    common = resolve_train_config(_common_recipe_model())
+    assert (common.lr, common.backbone_lr_scale) == (PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"])
     assert resolve_train_config(_lite(pretrained=False)).lr == DEFAULT_LR
 
 
