@@ -10,9 +10,9 @@ are scored apart. The 20 classes (in a fixed shuffled order) make 5 disjoint par
 from its own seed.
 
 Each method trains as a user would: ``hashindex train`` in a subprocess at default flags
-(the seed apart, and ``--epochs`` only when given below), so that its wall time, images/s and peak
-memory (``VmHWM``, the kernel's peak RSS of that process) are its own. ITQ on the frozen backbone features is the
-baseline to beat. Codes are then encoded in-process and searched in a flat index, the
+(the seed apart, and ``--epochs`` only when given below), so that its wall time, images/s
+and peak memory (``VmHWM``, the kernel's peak RSS of that process) are its own. ITQ on the
+frozen backbone features is the baseline to beat. Codes are then encoded in-process and searched in a flat index, the
 database in a seeded random order (Hamming ties go to the lower position).
 
     python benchmarks/photos.py                         # report partitions, every method
@@ -142,8 +142,8 @@ main()
 """
 
 
-def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int | None, seed: int, threads: int, device: str,
-                     extra_args: list[str], backbone: str = BACKBONE) -> dict:
+def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int | None, seed: int, threads: int,
+                     device: str, extra_args: list[str], backbone: str = BACKBONE) -> dict:
     """Run ``hashindex train`` in a child process: its wall time and peak RSS (Linux only, else ``None``)."""
     cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "--threads", str(threads), "train", str(train_dir), "--out",
            str(out), "--method", method, "--backbone", backbone, "--seed", str(seed), "--device", device]

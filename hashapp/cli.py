@@ -110,7 +110,7 @@ def _train_options(fn):
                      help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
         click.option("--step-budget", type=click.IntRange(min=1), default=None,
                      help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
-                          "[default: 20 with pretrained weights, else unused]."),
+                          "[default: 20 with pretrained weights, else none: 10 epochs]."),
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,

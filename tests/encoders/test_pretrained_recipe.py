@@ -219,10 +219,11 @@ def test_training_follows_the_step_budget_and_records_it(tmp_path, digits_folder
                   progress=False)
     path = train_encoder(digits_folder, tmp_path / "m.pt", config=TrainConfig(batch_size=8, device="cpu"), **kwargs)
     extra = torch.load(path, weights_only=True)["extra"]
-    assert (extra["train_config"]["step_budget"], extra["train_config"]["epochs"]) == (PRETRAINED_RECIPE["step_budget"], 1)
-    assert len(extra["history"]) == 1
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (PRETRAINED_RECIPE["step_budget"], 1, 1)
     # An explicit number of epochs overrides it, and the file records no budget.
     path = train_encoder(digits_folder, tmp_path / "e.pt", config=TrainConfig(batch_size=8, epochs=2, device="cpu"),
                          **kwargs)
     extra = torch.load(path, weights_only=True)["extra"]
-    assert (extra["train_config"]["step_budget"], extra["train_config"]["epochs"], len(extra["history"])) == (None, 2, 2)
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (None, 2, 2)

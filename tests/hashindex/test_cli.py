@@ -163,7 +163,8 @@ def test_train_command_step_budget(tmp_path, digits_folder):
                                        "--batch-size", "16", "--step-budget", "16"])
     assert result.exit_code == 0, result.output
     extra = torch.load(tmp_path / "m.pt", weights_only=True)["extra"]
-    assert (extra["train_config"]["step_budget"], extra["train_config"]["epochs"], len(extra["history"])) == (16, 2, 2)
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (16, 2, 2)
 
 
 def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
