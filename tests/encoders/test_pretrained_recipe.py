@@ -227,3 +227,12 @@ def test_training_follows_the_step_budget_and_records_it(tmp_path, digits_folder
     extra = torch.load(path, weights_only=True)["extra"]
     config = extra["train_config"]
     assert (config["step_budget"], config["epochs"], len(extra["history"])) == (None, 2, 2)
+
+
+def test_bilinear_hash_layer_starts_from_sign_random_projections():
+    # Its descriptor has unit norm: nn.Linear's default init would project it to sd ~0.006, no larger than the bias.
+    torch.manual_seed(0)
+    model = create_encoder("bilinear_hashnet", bits=64, num_classes=4, **LITE).eval()
+    with torch.no_grad():
+        z = model.hash_layer.fc(model.descriptor(model.forward_features(torch.rand(8, 3, 32, 32))))
+    assert 0.5 < float(z.std()) < 2 and not model.hash_layer.fc.bias.any()
