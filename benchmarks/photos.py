@@ -10,9 +10,9 @@ are scored apart. The 20 classes (in a fixed shuffled order) make 5 disjoint par
 from its own seed.
 
 Each method trains as a user would: ``hashindex train`` in a subprocess at default flags
-(the ``--epochs`` below and the seed apart), so that its wall time, images/s and peak
-memory (``VmHWM``, the kernel's peak RSS of that process) are its own. ITQ on the frozen backbone features is the
-baseline to beat. Codes are then encoded in-process and searched in a flat index, the
+(the seed apart, and ``--epochs`` only when given below), so that its wall time, images/s
+and peak memory (``VmHWM``, the kernel's peak RSS of that process) are its own. ITQ on the
+frozen backbone features is the baseline to beat. Codes are then encoded in-process and searched in a flat index, the
 database in a seeded random order (Hamming ties go to the lower position).
 
     python benchmarks/photos.py                         # report partitions, every method
@@ -142,13 +142,13 @@ main()
 """
 
 
-def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int, seed: int, threads: int, device: str,
-                     extra_args: list[str], backbone: str = BACKBONE) -> dict:
+def train_subprocess(method: str, train_dir: Path, out: Path, *, epochs: int | None, seed: int, threads: int,
+                     device: str, extra_args: list[str], backbone: str = BACKBONE) -> dict:
     """Run ``hashindex train`` in a child process: its wall time and peak RSS (Linux only, else ``None``)."""
     cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "--threads", str(threads), "train", str(train_dir), "--out",
            str(out), "--method", method, "--backbone", backbone, "--seed", str(seed), "--device", device]
     if method != "itq":
-        cmd += ["--epochs", str(epochs), *extra_args]
+        cmd += ([] if epochs is None else ["--epochs", str(epochs)]) + extra_args
     peak_file = out.with_suffix(".peak")
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -199,7 +199,7 @@ def run_partition(photos: dict, partition: int, methods: list[str], args, echo=p
                                        seed=args.seed, threads=args.threads, device=args.device,
                                        extra_args=shlex.split(args.train_args), backbone=args.backbone)
             extra = torch.load(model_path, weights_only=True)["extra"]
-            images_seen = n_train * (1 if method == "itq" else args.epochs)
+            images_seen = n_train * (1 if method == "itq" else len(extra["history"]))  # one record per epoch run
             row = {"partition": partition, "method": method, "unseen_classes": part["unseen"],
                    "train_s": trained["train_s"], "train_images_per_s": images_seen / trained["train_s"],
                    "peak_rss_gb": trained["peak_rss_gb"], "train_config": extra.get("train_config"),
@@ -280,7 +280,8 @@ def write_results(rows: list[dict], methods: list[str], partitions: list[int], a
     (args.out / f"{args.name}.md").write_text(
         f"Photo benchmark, partitions {done} of {partitions}: {args.train_views} training views per seen class "
         f"(16 classes), {args.database_views} database and {args.query_views} query views per class (20 classes), "
-        f"{args.size} px, {args.backbone} (EfficientNet-Lite0: 224 px input), 64-bit codes, {args.epochs} epochs, default flags"
+        f"{args.size} px, {args.backbone} (EfficientNet-Lite0: 224 px input), 64-bit codes, "
+        f"{'default epochs (step budget)' if args.epochs is None else f'{args.epochs} epochs'}, default flags"
         f"{' + ' + args.train_args if args.train_args else ''}; mean ± sd over partitions; total "
         f"{total_s / 60:.1f} min on {args.threads} thread(s), load average at the end "
         f"{os.getloadavg()[0]:.1f}.\n\n" + table)
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--partitions", default=None, help="comma-separated partition numbers (overrides --split)")
     parser.add_argument("--methods", type=name_list(METHODS, "method(s)"), default=",".join(METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passed to `hashindex train` [default: its own, the pretrained step budget]")
     parser.add_argument("--train-views", type=int, default=40, help="training views per seen class")
     parser.add_argument("--database-views", type=int, default=15, help="database views per class")
     parser.add_argument("--query-views", type=int, default=5, help="query views per class")

@@ -109,6 +109,12 @@ class BilinearHashNet(HashModel):
                                                                                           sketch_seed)
         self.classifier = nn.Linear(self.pool.out_dim, num_classes)
         self.hash_layer = HashLayer(self.pool.out_dim, bits, gamma, power, step_size, init_scale)
+        # The descriptor has unit norm: at nn.Linear's default scale (weights and bias ~ 1/sqrt(dim)) the
+        # projections are no larger than the bias (sd ~0.006 for 8192-d), so bits start lopsided and the relaxed
+        # codes too small for the loss to move in a short run. Start from sign random projections of the
+        # descriptor (SimHash: the Hamming distance tracks its angle) instead.
+        nn.init.normal_(self.hash_layer.fc.weight)
+        nn.init.zeros_(self.hash_layer.fc.bias)
 
     @property
     def feature_dim(self) -> int:

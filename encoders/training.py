@@ -56,6 +56,8 @@ class TrainConfig:
 
     ``stages`` overrides the model's default schedule (``model.default_stages(epochs)`` if it
     has one, else a single stage of ``epochs`` epochs); the number of epochs is then their sum.
+    ``epochs=None`` trains :data:`DEFAULT_EPOCHS` epochs, or, when a ``step_budget`` applies (the
+    pretrained default), about that many optimiser steps: see :func:`epochs_for_budget`.
     ``lr_schedule`` anneals the learning rate per step from ``lr`` to ``lr_end`` (default
     ``lr / 100``) within each stage. ``amp`` enables mixed precision, on CUDA only.
     ``augment`` randomly shifts (and flips) training images, see :func:`train_transform`;
@@ -68,12 +70,13 @@ class TrainConfig:
     ``lr`` (the head's learning rate), ``batch_size`` (the backbone's ``default_batch_size``, else 64),
     ``backbone_lr_scale`` (the backbone's learning rate is ``lr`` times this),
     ``warmup_epochs`` (epochs, counted within ``epochs``, in which only the head trains) and
-    ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time).
+    ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time) and,
+    when ``epochs`` is not given, ``step_budget``.
     ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
     (0: off).
     """
 
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float = 5e-4
@@ -95,14 +98,17 @@ class TrainConfig:
     freeze_early: bool | None = None
     quantization: float = 0.0
     bit_balance: float = 0.0
+    step_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
-        for name in ("lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
+        for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.step_budget is not None and self.step_budget < 1:
+            raise ValueError(f"step_budget must be >= 1, got {self.step_budget}")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
@@ -111,11 +117,14 @@ class TrainConfig:
 
 
 DEFAULT_LR = 1e-3
+DEFAULT_EPOCHS = 10
 #: Defaults for a backbone with pretrained weights (README, "Real photos"): the backbone learns
 #: 10x slower than the head, so that training adapts the ImageNet features instead of
-#: overwriting them; a method changes them with its ``pretrained_recipe``. Chosen on the tuning
-#: partitions of ``benchmarks/photos.py``.
-PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True}
+#: overwriting them, and, unless ``epochs`` is given, training stops after about ``step_budget``
+#: optimiser steps (longer runs condense each class onto one code or a few); a method changes
+#: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
+PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
+                     "step_budget": 20}
 SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False}
 DEFAULT_BATCH_SIZE = 64
 
@@ -125,21 +134,36 @@ def has_pretrained_backbone(model) -> bool:
     return bool(getattr(getattr(model, "backbone", None), "pretrained", False))
 
 
-def resolve_train_config(model, config: TrainConfig | None = None) -> TrainConfig:
+def epochs_for_budget(step_budget: int, num_images: int, batch_size: int) -> int:
+    """Whole epochs closest to ``step_budget`` steps of ``batch_size`` over ``num_images``
+    images, at least 1 and at most :data:`DEFAULT_EPOCHS`."""
+    steps_per_epoch = math.ceil(num_images / batch_size)
+    return min(DEFAULT_EPOCHS, max(1, round(step_budget / steps_per_epoch)))
+
+
+def resolve_train_config(model, config: TrainConfig | None = None, num_images: int | None = None) -> TrainConfig:
     """``config`` with its ``None`` fields set for ``model`` (see :class:`TrainConfig`); the
     result is what the saved model file records. A model with its own staged schedule
     (``default_stages``) or explicit ``stages`` keeps them: its learning rates are not scaled
-    and no warm-up is added, unless asked for."""
+    and no warm-up is added, unless asked for. ``epochs`` from a step budget needs
+    ``num_images`` (the training images); without it, it stays ``None``."""
     config = config or TrainConfig()
     if has_pretrained_backbone(model):
         recipe = {**PRETRAINED_RECIPE, **model.pretrained_recipe}
     else:
         recipe = dict(SCRATCH_RECIPE)
-    if config.stages or model.default_stages(config.epochs):
+    if config.stages or model.default_stages(config.epochs or DEFAULT_EPOCHS):
         recipe.update(lr=DEFAULT_LR, backbone_lr_scale=1.0, warmup_epochs=0)
+    if config.epochs is not None:
+        recipe.pop("step_budget", None)  # an explicit epoch count wins over the budget
     filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
     if config.batch_size is None:
         filled["batch_size"] = getattr(getattr(model, "backbone", None), "default_batch_size", DEFAULT_BATCH_SIZE)
+    budget = filled.get("step_budget", config.step_budget)
+    if config.epochs is None and not budget:
+        filled["epochs"] = DEFAULT_EPOCHS
+    elif config.epochs is None and num_images is not None:
+        filled["epochs"] = epochs_for_budget(budget, num_images, filled.get("batch_size", config.batch_size))
     return replace(config, **filled)
 
 
@@ -198,6 +222,9 @@ def resolve_stages(model, config: TrainConfig) -> list[Stage]:
     """The stages to run, with every ``None`` hyper-parameter filled from ``config`` (itself
     resolved for ``model`` first)."""
     config = resolve_train_config(model, config)
+    if config.epochs is None:
+        raise ValueError("epochs come from the step budget and the number of training images: resolve the config "
+                         "with resolve_train_config(model, config, num_images) first")
     if config.stages:
         stages = list(config.stages)
     elif defaults := model.default_stages(config.epochs):
@@ -319,7 +346,7 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
 
 def _train_model(model, images: ImageList, config: TrainConfig | None, loss, progress: bool,
                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
-    config = resolve_train_config(model, config)
+    config = resolve_train_config(model, config, num_images=len(images))
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)

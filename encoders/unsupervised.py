@@ -27,7 +27,7 @@ from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, imag
 from .feature_hashing import FeatureHashModel
 from .memory import keep_freed_memory
 from .registry import create_encoder
-from .training import TrainConfig, resolve_device
+from .training import DEFAULT_EPOCHS, TrainConfig, resolve_device
 
 
 @torch.no_grad()
@@ -91,7 +91,8 @@ def fit_feature_encoder(
         model, images, batch_size=config.batch_size or 64, num_workers=config.num_workers, device=config.device,
         reconstruction_size=hasher.reconstruction_size, ids=ids, progress=progress)
     if hasher.iterative:
-        hasher.fit(features, targets, device=config.device, epochs=config.epochs, progress=progress)
+        epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
+        hasher.fit(features, targets, device=config.device, epochs=epochs, progress=progress)
     else:
         hasher.fit(features)
     model.cpu().eval()

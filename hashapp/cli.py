@@ -82,11 +82,13 @@ def _train_options(fn):
         click.option("--method", default="dlbhc", help="Hashing method (see `hashindex list`)."),
         click.option("--backbone", default="small_cnn", help="Feature extractor (see `hashindex list`)."),
         click.option("--bits", type=click.IntRange(min=8), default=64, help="Code length, a multiple of 8."),
-        click.option("--epochs", type=click.IntRange(min=1), default=10),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="[default: 10; with a pretrained backbone, the epochs closest to --step-budget steps]."),
         click.option("--batch-size", type=click.IntRange(min=2), default=None,
                      help="Training batch [default: 64; 32 for efficientnet_lite0, which stays under 3 GB]."),
         click.option("--lr", type=click.FloatRange(min=0), default=None,
-                     help="Learning rate (of the hash head) [default: 1e-3; DLBHC on a pretrained backbone: 1e-4]."),
+                     help="Learning rate (of the hash head) "
+                          "[default: 1e-3; DLBHC and HashNet on a pretrained backbone: 1e-4]."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam"),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_CHOICES), default="constant",
                      help="Per-step learning-rate schedule (to lr / 100)."),
@@ -101,11 +103,14 @@ def _train_options(fn):
         # (encoders.training.resolve_train_config) decides.
         click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
                      help="Backbone learning rate = lr x this "
-                          "[default: 0.1 with pretrained weights (DLBHC: 1), else 1]."),
+                          "[default: 0.1 with pretrained weights (DLBHC, HashNet: 1), else 1]."),
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
                      help="First epochs in which only the hash head trains [default: 0]."),
         click.option("--freeze-early/--train-early", default=None,
                      help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
+        click.option("--step-budget", type=click.IntRange(min=1), default=None,
+                     help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
+                          "[default: 20 with pretrained weights, else none: 10 epochs]."),
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,

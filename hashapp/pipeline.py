@@ -63,7 +63,7 @@ def train_encoder(
                            **(encoder_kwargs or {}))
     if init_trunk_from is not None:
         load_trunk(model, init_trunk_from)
-    config = resolve_train_config(model, config)
+    config = resolve_train_config(model, config, num_images=len(images))
     history = train_model(model, images, config, progress=progress)
     health = training_code_health(model, images, config, echo=print if progress else None)
     return save_encoder(model, out, class_names=images.classes,

@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from encoders import create_encoder
+from encoders import create_backbone, create_encoder
 from encoders.data import list_images
 from encoders.losses import add_code_terms, code_terms
 from encoders.dlbhc import DLBHC
-from encoders.training import DEFAULT_LR, PRETRAINED_RECIPE, TrainConfig, resolve_train_config, train_model
+from encoders.hashnet import HashNet
+from encoders.training import (DEFAULT_EPOCHS, DEFAULT_LR, PRETRAINED_RECIPE, TrainConfig, epochs_for_budget,
+                               resolve_stages, resolve_train_config, train_model)
 from hashapp.pipeline import train_encoder, training_code_health
 
 #: EfficientNet-Lite0 with its ImageNet weights, at 32 px so that a CPU step is quick.
@@ -27,8 +29,18 @@ def _changed(before, modules):
     return [not torch.equal(a, p) for a, p in zip(before, (p for m in modules for p in m.parameters()))]
 
 
+class CommonRecipeHashNet(HashNet):
+    """HashNet without its own changes to the pretrained recipe."""
+
+    pretrained_recipe = {}
+
+
+def _common_recipe_model():
+    return CommonRecipeHashNet(create_backbone("efficientnet_lite0", pretrained=True, input_size=32), 16)
+
+
 def test_pretrained_backbone_gets_the_pretrained_recipe():
-    config = resolve_train_config(_lite("hashnet"))
+    config = resolve_train_config(_common_recipe_model())
     assert (config.lr, config.backbone_lr_scale, config.warmup_epochs, config.freeze_early) == (
         PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"], PRETRAINED_RECIPE["warmup_epochs"], True)
     assert config.batch_size == 32  # EfficientNet-Lite0's default batch
@@ -40,12 +52,13 @@ def test_pretrained_backbone_gets_the_pretrained_recipe():
 
 
 def test_a_method_changes_the_pretrained_recipe():
-    # DLBHC's head learns by classification: at the common head rate it maps a class to one code.
-    dlbhc = resolve_train_config(_lite())
-    assert DLBHC.pretrained_recipe and dlbhc.lr == DLBHC.pretrained_recipe["lr"] != PRETRAINED_RECIPE["lr"]
-    assert dlbhc.backbone_lr_scale == {**PRETRAINED_RECIPE, **DLBHC.pretrained_recipe}["backbone_lr_scale"]
-    hashnet = resolve_train_config(_lite("hashnet"))
-    assert (hashnet.lr, hashnet.backbone_lr_scale) == (PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"])
+    # At the common head rate, DLBHC's and HashNet's heads pull each class onto a few codes.
+    for method, cls in (("dlbhc", DLBHC), ("hashnet", HashNet)):
+        config = resolve_train_config(_lite(method))
+        assert cls.pretrained_recipe and config.lr == cls.pretrained_recipe["lr"] != PRETRAINED_RECIPE["lr"]
+        assert config.backbone_lr_scale == {**PRETRAINED_RECIPE, **cls.pretrained_recipe}["backbone_lr_scale"]
+    common = resolve_train_config(_common_recipe_model())
+    assert (common.lr, common.backbone_lr_scale) == (PRETRAINED_RECIPE["lr"], PRETRAINED_RECIPE["backbone_lr_scale"])
     assert resolve_train_config(_lite(pretrained=False)).lr == DEFAULT_LR
 
 
@@ -60,6 +73,31 @@ def test_explicit_values_win_and_staged_models_keep_their_schedule():
         DEFAULT_LR, 1.0, 0, True)
 
 
+def test_pretrained_default_is_a_step_budget():
+    budget = PRETRAINED_RECIPE["step_budget"]
+    for images, batch in ((640, 32), (320, 32), (64, 32), (10_000, 32)):
+        config = resolve_train_config(_lite("hashnet"), num_images=images)
+        assert (config.step_budget, config.epochs) == (budget, epochs_for_budget(budget, images, batch))
+    assert [epochs_for_budget(20, n, 32) for n in (640, 320, 64, 10_000)] == [1, 2, DEFAULT_EPOCHS, 1]
+    assert epochs_for_budget(20, 200, 32) == 3  # 7 steps an epoch: 21 steps is closer to 20 than 14
+    # The number of images is needed first: until then epochs stay open, and no stage runs without them.
+    unresolved = resolve_train_config(_lite("hashnet"))
+    assert unresolved.epochs is None
+    with pytest.raises(ValueError, match="num_images"):
+        resolve_stages(_lite("hashnet"), unresolved)
+    # Trained from scratch: no budget, the usual 10 epochs.
+    scratch = resolve_train_config(_lite(pretrained=False), num_images=640)
+    assert (scratch.step_budget, scratch.epochs) == (None, DEFAULT_EPOCHS)
+    # An explicit epoch count wins and records no budget; an explicit budget replaces the default.
+    explicit = resolve_train_config(_lite("hashnet"), TrainConfig(epochs=3), num_images=640)
+    assert (explicit.step_budget, explicit.epochs) == (None, 3)
+    assert resolve_train_config(_lite("hashnet"), TrainConfig(step_budget=60), num_images=640).epochs == 3
+    # Bilinear-HashNet's three stages split the epochs the budget gives (at least one each).
+    bilinear = create_encoder("bilinear_hashnet", bits=16, num_classes=4, **LITE)
+    stages = resolve_stages(bilinear, resolve_train_config(bilinear, num_images=640))
+    assert [s.epochs for s in stages] == [1, 1, 1]
+
+
 def test_config_rejects_negative_values():
     with pytest.raises(ValueError, match="backbone_lr_scale must be >= 0"):
         TrainConfig(backbone_lr_scale=-1)
@@ -67,6 +105,8 @@ def test_config_rejects_negative_values():
         TrainConfig(lr=-1e-3)
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
         TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="step_budget must be >= 1"):
+        TrainConfig(step_budget=0)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +211,28 @@ def test_model_file_records_the_resolved_recipe_and_code_health(tmp_path, digits
         recipe["lr"], 32, recipe["backbone_lr_scale"], True)
     assert extra["code_health"]["images"] == 120 and len(extra["code_health"]["bit_balance"]) == 16
     assert 0 < extra["code_health"]["mean_hamming"] <= 16
+
+
+def test_training_follows_the_step_budget_and_records_it(tmp_path, digits_folder):
+    # 120 images in batches of 8: 15 steps an epoch, so the default budget of 20 steps is 1 epoch.
+    kwargs = dict(method="hashnet", backbone="efficientnet_lite0", bits=16, encoder_kwargs={"input_size": 32},
+                  progress=False)
+    path = train_encoder(digits_folder, tmp_path / "m.pt", config=TrainConfig(batch_size=8, device="cpu"), **kwargs)
+    extra = torch.load(path, weights_only=True)["extra"]
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (PRETRAINED_RECIPE["step_budget"], 1, 1)
+    # An explicit number of epochs overrides it, and the file records no budget.
+    path = train_encoder(digits_folder, tmp_path / "e.pt", config=TrainConfig(batch_size=8, epochs=2, device="cpu"),
+                         **kwargs)
+    extra = torch.load(path, weights_only=True)["extra"]
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (None, 2, 2)
+
+
+def test_bilinear_hash_layer_starts_from_sign_random_projections():
+    # Its descriptor has unit norm: nn.Linear's default init would project it to sd ~0.006, no larger than the bias.
+    torch.manual_seed(0)
+    model = create_encoder("bilinear_hashnet", bits=64, num_classes=4, **LITE).eval()
+    with torch.no_grad():
+        z = model.hash_layer.fc(model.descriptor(model.forward_features(torch.rand(8, 3, 32, 32))))
+    assert 0.5 < float(z.std()) < 2 and not model.hash_layer.fc.bias.any()

@@ -155,6 +155,18 @@ def test_train_command(tmp_path, digits_folder):
     assert (config["lr_schedule"], config["augment"], config["mixup"], config["epochs"]) == ("cosine", "shift", 0.5, 2)
 
 
+def test_train_command_step_budget(tmp_path, digits_folder):
+    import torch
+
+    # 120 images in batches of 16: 8 steps an epoch; a budget of 16 steps is 2 epochs.
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "m.pt"), "--bits", "32",
+                                       "--batch-size", "16", "--step-budget", "16"])
+    assert result.exit_code == 0, result.output
+    extra = torch.load(tmp_path / "m.pt", weights_only=True)["extra"]
+    config = extra["train_config"]
+    assert (config["step_budget"], config["epochs"], len(extra["history"])) == (16, 2, 2)
+
+
 def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
     first = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(tmp_path / "dlbhc.pt"), *TINY])
     assert first.exit_code == 0, first.output
