@@ -49,6 +49,11 @@ class HashOutput(NamedTuple):
     logits: torch.Tensor | None = None  #: class scores, for methods trained by classification
 
 
+#: A ``pretrained_recipe`` that fine-tunes head and backbone at one low rate: DLBHC's and HashNet's
+#: heads at the common 1e-3 pull each class onto one code or a few (README "Real photos").
+LOW_LR_EVERYWHERE = {"lr": 1e-4, "backbone_lr_scale": 1.0}
+
+
 class HashModel(nn.Module):
     """Base class: subclasses set ``method`` and implement :meth:`forward_head`,
     :meth:`binarize` and :meth:`default_loss`."""

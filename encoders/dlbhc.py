@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import HashModel, HashOutput
+from .base import LOW_LR_EVERYWHERE, HashModel, HashOutput
 from .losses import ClassificationLoss
 from .registry import create_backbone, register_encoder
 
@@ -16,7 +16,7 @@ class DLBHC(HashModel):
     # On a pretrained backbone, a head trained at the common 1e-3 maps each seen class to one code
     # or a few and puts unseen classes on them; 1e-4 everywhere kept them apart on the tuning
     # partitions of benchmarks/photos.py (320 views), not at 640 views (README "Real photos").
-    pretrained_recipe = {"lr": 1e-4, "backbone_lr_scale": 1.0}
+    pretrained_recipe = LOW_LR_EVERYWHERE
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, **config) -> None:
         if not num_classes or num_classes < 2:

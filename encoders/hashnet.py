@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import HashModel, HashOutput
+from .base import LOW_LR_EVERYWHERE, HashModel, HashOutput
 from .losses import HashNetLoss
 from .registry import create_backbone, register_encoder
 
@@ -52,7 +52,7 @@ class HashNet(HashModel):
     method = "hashnet"
     # As DLBHC: on a pretrained backbone, the head at 1e-3 pulls each class onto a few codes (78-83 % distinct
     # database codes on the tuning partitions of benchmarks/photos.py); 1e-4 everywhere kept them apart.
-    pretrained_recipe = {"lr": 1e-4, "backbone_lr_scale": 1.0}
+    pretrained_recipe = LOW_LR_EVERYWHERE
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int | None = None, *,
                  gamma: float = DEFAULT_GAMMA, power: float = DEFAULT_POWER, step_size: int = DEFAULT_STEP_SIZE,
