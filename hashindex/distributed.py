@@ -283,15 +283,18 @@ class ShardedHashIndex:
         prefix = f"{name}."
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == NAMESPACE and a["name"].startswith(prefix))
-        if not names:
-            raise ShardUnavailableError(f"no actors named {prefix}* in Ray namespace {NAMESPACE!r}; "
-                                        f"start them with `hashindex serve --name {name}`")
-        actors = []
+        actors, gone = [], []
         for actor_name in names:
             try:
                 actors.append(ray.get_actor(actor_name, namespace=NAMESPACE))
-            except ValueError as exc:  # listed, then gone (killed or stopped meanwhile)
-                raise ShardUnavailableError(f"actor {actor_name} vanished while attaching: {exc}") from exc
+            except ValueError as exc:  # listed, then gone: Ray's listing lags a kill (a stop just before)
+                gone.append((actor_name, exc))
+        if not actors:  # none listed, or every listed one already stopped
+            raise ShardUnavailableError(f"no actors named {prefix}* in Ray namespace {NAMESPACE!r}; "
+                                        f"start them with `hashindex serve --name {name}`")
+        if gone:
+            actor_name, exc = gone[0]
+            raise ShardUnavailableError(f"actor {actor_name} vanished while attaching: {exc}") from exc
         descs = _gather([a.describe.remote() for a in actors], [{"group": n, "files": []} for n in names],
                         "attach", timeout_s)
         order = np.argsort([d["group"] for d in descs])
