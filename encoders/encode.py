@@ -160,13 +160,14 @@ def encode_files(model, paths: "list[str | os.PathLike]", *, batch_size: int = 6
     loader = DataLoader(ImageFileDataset(images, image_transform(model.input_cfg)), batch_size=batch_size,
                         collate_fn=collate_skipping_unreadable)
     codes, features, encoded, failed = [], [], [], []
-    for batch in loader:
-        failed.extend((images.samples[i][0], reason) for i, reason in batch.failed)
-        if len(batch.ids):
-            c, f = model.encode(batch.images.to(dev))
-            codes.append(c)
-            features.append(f)
-            encoded.extend(batch.ids.tolist())
+    with keep_freed_memory():
+        for batch in loader:
+            failed.extend((images.samples[i][0], reason) for i, reason in batch.failed)
+            if len(batch.ids):
+                c, f = model.encode(batch.images.to(dev))
+                codes.append(c)
+                features.append(f)
+                encoded.extend(batch.ids.tolist())
     if not codes:
         return (np.empty((0, model.bits // 8), np.uint8), np.empty((0, model.feature_dim), np.float32),
                 encoded, failed)
@@ -180,4 +181,5 @@ def encode_images(model, images: "list[Image.Image]", *, device: str = "auto"):
     dev = resolve_device(device)
     model.to(dev).eval()
     transform = image_transform(model.input_cfg)
-    return model.encode(torch.stack([transform(im) for im in images]).to(dev))
+    with keep_freed_memory():
+        return model.encode(torch.stack([transform(im) for im in images]).to(dev))
