@@ -8,7 +8,12 @@ included, as ``hashindex train`` does), and so is encoding them (``encode_files`
 Training uses ``resolve_train_config``'s defaults for the pretrained backbone (batch 32, early
 layers frozen, the method's learning rates). Peak memory is the process's ``VmHWM``.
 
-    python benchmarks/photo_speed.py --method dlbhc --images 128 --threads 2
+``--end-to-end N`` also times what ``hashindex train`` and ``hashindex encode`` run after the
+interpreter's start-up on a folder of ``N`` views: ``train_encoder`` at default flags (model
+build, weights, the step budget's epochs, the code-health pass, saving) and ``encode_folder``
+into a shard store; the images/s are ``N`` over each wall time.
+
+    python benchmarks/photo_speed.py --method dlbhc --images 128 --end-to-end 640 --threads 2
 
 Writes ``benchmarks/results/photo_speed.json`` (``--name`` changes it).
 """
@@ -28,10 +33,11 @@ from pathlib import Path
 import torch
 
 from photos import BACKBONE, load_photos, partition_classes, write_views  # benchmarks/photos.py, beside this file
-from encoders import create_encoder
+from encoders import create_encoder, load_encoder
 from encoders.data import ImageList, list_images
-from encoders.encode import encode_files
+from encoders.encode import encode_files, encode_folder
 from encoders.training import TrainConfig, resolve_train_config, train_model
+from hashapp.pipeline import train_encoder
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -46,7 +52,7 @@ def peak_rss_gb() -> float | None:
 
 
 def run(method: str = "dlbhc", images: int = 128, warmup: int = 32, threads: int = 2, seed: int = 0,
-        backbone: str = BACKBONE) -> dict:
+        backbone: str = BACKBONE, end_to_end: int = 0) -> dict:
     torch.set_num_threads(threads)
     photos = load_photos()
     seen, _ = partition_classes(0, sorted(photos))
@@ -69,10 +75,30 @@ def run(method: str = "dlbhc", images: int = 128, warmup: int = 32, threads: int
         start = time.perf_counter()
         encode_files(model, paths, device="cpu")
         encode_s = time.perf_counter() - start
-    return {"method": method, "backbone": backbone, "input_size": list(model.input_cfg["input_size"]),
-            "images": len(timed), "train_s": train_s, "train_images_per_s": len(timed) / train_s,
-            "encode_s": encode_s, "encode_images_per_s": len(timed) / encode_s, "peak_rss_gb": peak_rss_gb(),
-            "train_config": asdict(config), "threads": threads}
+        result = {"method": method, "backbone": backbone, "input_size": list(model.input_cfg["input_size"]),
+                  "images": len(timed), "train_s": train_s, "train_images_per_s": len(timed) / train_s,
+                  "encode_s": encode_s, "encode_images_per_s": len(timed) / encode_s,
+                  "train_config": asdict(config), "threads": threads}
+        if end_to_end:
+            result["end_to_end"] = time_commands(photos, seen, end_to_end, Path(tmp), method, backbone, seed)
+    return {**result, "peak_rss_gb": peak_rss_gb()}
+
+
+def time_commands(photos: dict, seen: list[str], images: int, tmp: Path, method: str, backbone: str,
+                  seed: int) -> dict:
+    """Wall time of ``hashindex train`` and ``hashindex encode``'s work (start-up excluded) on
+    ``images`` views at default flags."""
+    torch.manual_seed(seed + 1)
+    folder = write_views(photos, seen, -(-images // len(seen)), tmp / "end_to_end", 128, "e")
+    start = time.perf_counter()
+    model_file = train_encoder(folder, tmp / "model.pt", method=method, backbone=backbone,
+                               config=TrainConfig(seed=seed, device="cpu"), progress=False)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    report = encode_folder(load_encoder(model_file), folder, tmp / "shards", device="cpu", progress=False)
+    encode_s = time.perf_counter() - start
+    return {"images": report.encoded, "train_s": train_s, "train_images_per_s": report.encoded / train_s,
+            "encode_s": encode_s, "encode_images_per_s": report.encoded / encode_s}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,13 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", default="dlbhc")
     parser.add_argument("--images", type=int, default=128, help="timed images (a multiple of the batch, 32)")
     parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                        help="also time train_encoder and encode_folder on N views (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default=BACKBONE, help="(another backbone: for smoke tests)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="photo_speed")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
-    result = run(args.method, args.images, args.warmup, args.threads, backbone=args.backbone)
+    result = run(args.method, args.images, args.warmup, args.threads, backbone=args.backbone,
+                 end_to_end=args.end_to_end)
     result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
                              "platform": platform.platform(), "cpu_count": os.cpu_count(),
                              "load_average_before": load_before, "load_average_after": os.getloadavg()}
@@ -96,6 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{result['train_images_per_s']:.2f} images/s, encoding {result['encode_images_per_s']:.2f} images/s, "
           f"peak RSS {result['peak_rss_gb']:.2f} GB; load average {load_before[0]:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after")
+    if args.end_to_end:
+        e2e = result["end_to_end"]
+        print(f"end to end on {e2e['images']} views: train {e2e['train_s']:.1f} s ({e2e['train_images_per_s']:.2f} "
+              f"images/s), encode {e2e['encode_s']:.1f} s ({e2e['encode_images_per_s']:.2f} images/s)")
     return result
 
 

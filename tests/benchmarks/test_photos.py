@@ -43,8 +43,10 @@ def test_speed_run_writes_its_figures(tmp_path):
     import photo_speed
 
     result = photo_speed.main(["--images", "6", "--warmup", "4", "--threads", "1", "--backbone", "small_cnn",
-                               "--out", str(tmp_path), "--name", "speed"])
+                               "--end-to-end", "20", "--out", str(tmp_path), "--name", "speed"])
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["images"] == result["images"] == 6 and saved["input_size"] == [3, 32, 32]
     assert saved["train_images_per_s"] > 0 and saved["encode_images_per_s"] > 0 and saved["peak_rss_gb"] > 0.1
     assert saved["train_config"]["batch_size"] == 64  # small_cnn: no pretrained weights, the common default
+    e2e = saved["end_to_end"]  # 16 seen classes, so 2 views each
+    assert e2e["images"] == 32 and e2e["train_images_per_s"] > 0 and e2e["encode_images_per_s"] > 0
