@@ -243,6 +243,11 @@ METHODS = {
     "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
+    # The blur recipe with a wider blur (sd 1.5 px), or a wider F7 (512, from 256) before the hash layer.
+    "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
+                                       encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
+    "proxy_anchor_blur_f512": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, F7 512", "proxy_anchor_hash",
+                                          encoder_kwargs={**BLUR_STEM, "feature_dim": 512}, augment="shift_noise"),
 }
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise", "proxy_anchor_blur")
 
