@@ -235,9 +235,10 @@ METHODS = {
                                     "proxy_anchor_hash", augment="shift_noise",
                                     encoder_kwargs={"input_size": 32, "proxy_lr_scale": 100.0,
                                                     "classification_weight": 1.0}),
-    # Noise aug. and a fixed Gaussian blur stem (sd 1 px at 32 px) before the first convolution.
+    # Noise aug. and a fixed Gaussian blur stem (sd 1 px at 32 px) before the first convolution;
+    # 12 epochs (the tune partitions: seen mAP@1000 0.896 -> 0.951 from 4 epochs, reranked unseen vote level).
     "proxy_anchor_blur": MethodSetup("Proxy-Anchor hash, noise aug., blur stem", "proxy_anchor_hash",
-                                     encoder_kwargs=BLUR_STEM, augment="shift_noise"),
+                                     encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12),
     "dlbhc_blur": MethodSetup("DLBHC + mixup, noise aug., blur stem", "dlbhc", encoder_kwargs=BLUR_STEM, mixup=1.0,
                               augment="shift_noise"),
     "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
@@ -249,7 +250,8 @@ METHODS = {
     "proxy_anchor_blur_f512": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, F7 512", "proxy_anchor_hash",
                                           encoder_kwargs={**BLUR_STEM, "feature_dim": 512}, augment="shift_noise"),
 }
-DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_noise", "proxy_anchor_blur")
+#: The anchors the issue names and the recipe: about 30 min on 2 quiet cores (README, "Results").
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
