@@ -13,7 +13,8 @@ Queries are scored under four conditions: ``clean``, ``shifted`` (each query mov
 method, bits and condition: seen mAP@1000 and vote@8; unseen mAP@1000, vote@8 on codes, after
 an F7 rerank of the 1,000 nearest codes, and after an F7 rerank of every code within a Hamming
 radius (the ``radius`` coarse step). Each figure is reported as mean and sample sd over the
-partitions, with every partition's value in the JSON.
+partitions, with every partition's value in the JSON. Each method trains for its own epoch
+budget (``MethodSetup.epochs``), else the dataset budget's; ``--epochs`` sets every method's.
 
 Every step goes through the product's API: image folders -> ``train_encoder`` -> model file
 -> ``encode_folder`` -> HDF5 shards -> ``HashIndex`` (flat) -> ``vote`` and
@@ -244,11 +245,9 @@ METHODS = {
     "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
-    # The blur recipe with a wider blur (sd 1.5 px), or a wider F7 (512, from 256) before the hash layer.
+    # The blur recipe with a wider blur (sd 1.5 px), at the budget's epochs.
     "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
-    "proxy_anchor_blur_f512": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, F7 512", "proxy_anchor_hash",
-                                          encoder_kwargs={**BLUR_STEM, "feature_dim": 512}, augment="shift_noise"),
 }
 #: The anchors the issue names and the recipe: about 30 min on 2 quiet cores (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur")
