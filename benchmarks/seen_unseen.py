@@ -249,7 +249,7 @@ METHODS = {
     "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
 }
-#: The anchors the issue names and the recipe: about 30 min on 2 quiet cores (README, "Results").
+#: The anchors the issue names and the recipe: about 27 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur")
 
 
@@ -467,7 +467,8 @@ def write_results(args, budget: Budget, partitions: list[Partition], done: int, 
             f"{budget.train_images} seen training images, {budget.database_per_class} database and "
             f"{budget.queries_per_class} query images per class; mean ± sd over "
             f"partitions. Total {payload['total_s'] / 60:.1f} min ({payload['cpu_s'] / 60:.1f} CPU min) on "
-            f"{args.threads} thread(s), device {args.device}.\n\n" + markdown_tables(summary, {row["method"]: row["epochs"] for row in rows}))
+            f"{args.threads} thread(s), device {args.device}.\n\n"
+            + markdown_tables(summary, {row["method"]: row["epochs"] for row in rows}))
     _write_atomic(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float))
     _write_atomic(stem.with_suffix(".md"), text)
     print(text)
