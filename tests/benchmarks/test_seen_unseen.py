@@ -5,6 +5,7 @@ import importlib.util
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,12 +168,17 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
     # 2 tune partitions of sklearn digits, a handful of images, 1 epoch, 16 bits.
     monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
                                                               queries_per_class=4, epochs=1, batch_size=16))
+    # One method with its own epoch budget beside the dataset budget's single epoch.
+    monkeypatch.setitem(bench.METHODS, "ms", replace(bench.METHODS["ms"], epochs=2))
     calls = []
     real_train_encoder = bench.train_encoder
 
     def spy(image_dir, out, *, method, init_trunk_from=None, **kwargs):
-        calls.append((method, out, init_trunk_from))
-        return real_train_encoder(image_dir, out, method=method, init_trunk_from=init_trunk_from, **kwargs)
+        path = real_train_encoder(image_dir, out, method=method, init_trunk_from=init_trunk_from, **kwargs)
+        # Epochs actually trained: the model file's history holds one record per epoch.
+        history = torch.load(path, map_location="cpu", weights_only=True)["extra"]["history"]
+        calls.append((method, out, init_trunk_from, len(history)))
+        return path
 
     monkeypatch.setattr(bench, "train_encoder", spy)
     methods = ["itq_pixels", "hashnet", "ms"]
@@ -186,9 +192,12 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
     # HashNet fine-tunes the DLBHC trunk trained just before it, on each partition.
     assert [c[0] for c in calls] == ["itq", "dlbhc", "hashnet", "ms_hash"] * 2
     assert calls[2][2] == calls[1][1] and calls[1][2] is None
+    assert [c[3] for c in calls[1:4]] == [1, 1, 2]
     written = json.loads((tmp_path / "out" / "seen_unseen_tune.json").read_text())
     assert [p["name"] for p in written["partitions"]] == ["tune0", "tune1"]
     assert len(written["rows"]) == 2 * len(methods)
+    assert {(row["method"], row["epochs"]) for row in written["rows"]} == {("itq_pixels", 1), ("hashnet", 1),
+                                                                          ("ms", 2)}
     for key in methods:
         by_condition = written["summary"][key]["16"]
         assert set(by_condition) == set(bench.CONDITIONS)
@@ -202,7 +211,8 @@ def test_tiny_run_writes_json_and_tables(bench, tmp_path, monkeypatch):
     table = (tmp_path / "out" / "seen_unseen_tune.md").read_text()
     for condition in bench.CONDITIONS:
         assert f"### {condition}\n" in table
-    assert table.count("| HashNet from DLBHC | 16 |") == len(bench.CONDITIONS)
+    assert table.count("| HashNet from DLBHC | 1 | 16 |") == len(bench.CONDITIONS)
+    assert table.count("| Multi-Similarity hash | 2 | 16 |") == len(bench.CONDITIONS)
     assert payload["total_s"] > 0
 
 
@@ -225,6 +235,16 @@ def test_scoring_fewer_conditions_scores_the_same_queries(bench, tmp_path, monke
     table = (tmp_path / "out" / "seen_unseen_tune_sn.md").read_text()
     assert "### shifted+noisy\n" in table and "### clean" not in table
     assert (tmp_path / "out" / "seen_unseen_tune.json").exists()
+
+
+def test_method_epochs_override_own_and_budget(bench):
+    budget = bench.Budget(train_images=10, database_per_class=1, queries_per_class=1, epochs=4)
+    anchor = bench.MethodSetup("a", "dlbhc")
+    own = bench.MethodSetup("b", "proxy_anchor_hash", epochs=12)
+    tuned = bench.MethodSetup("c", "hashnet", epochs=10, epochs_scale=0.4)
+    assert [bench.method_epochs(s, budget) for s in (anchor, own, tuned)] == [4, 12, 4]
+    assert [bench.method_epochs(s, budget, 8) for s in (anchor, own, tuned)] == [8, 8, 3]
+    assert bench.method_epochs(bench.MethodSetup("d", "hashnet", epochs_scale=0.1), budget) == 1
 
 
 def test_every_method_setup_builds_its_model(bench):
