@@ -38,6 +38,9 @@ class DLBHC(HashModel):
     def default_loss(self) -> ClassificationLoss:
         return ClassificationLoss()
 
+    def code_layer(self) -> nn.Linear:
+        return self.latent  # sigmoid(z) > 0.5 exactly when z > 0
+
 
 @register_encoder
 def dlbhc(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, **backbone_kwargs) -> DLBHC:

@@ -1,0 +1,42 @@
+"""Starting a hash head from ITQ of the backbone's features (``TrainConfig.head_init = "itq"``).
+
+DLBHC's latent layer and HashNet's hash layer are affine maps of F7 whose sign is the code
+(:meth:`encoders.base.HashModel.code_layer`). The pretrained recipe trains them for about 20
+steps at 1e-4, too little for a random start to move far: the trained codes stay close to a
+random-projection hash. Started from PCA + ITQ rotation of the training images' features
+(unsupervised, the project's :class:`encoders.classical.ITQ`), the codes before the first step
+are ITQ's codes and training refines them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: ``"random"``: the layer's own initialisation; ``"itq"``: :func:`init_code_layer_from_itq`.
+HEAD_INITS = ("random", "itq")
+#: sd of the layer's outputs on the training features after the ITQ init: the sigmoid / tanh
+#: above it then starts neither saturated (no gradient) nor flat (bits decided by noise).
+PREACTIVATION_SD = 1.0
+
+
+def init_code_layer_from_itq(model, images, *, seed: int = 0, batch_size: int = 64, device: str = "auto") -> None:
+    """Set ``model.code_layer()`` to ``s * ((x - mean) @ projection)`` of an ITQ fitted (seeded by
+    ``seed``) on the model's F7 features of ``images`` (an :class:`encoders.data.ImageList`, test
+    transform, eval mode); ``s`` makes the outputs' sd :data:`PREACTIVATION_SD`, and the signs
+    (the codes) are ITQ's."""
+    from .classical import ITQ
+    from .encode import encode_files
+
+    layer = model.code_layer()
+    if layer is None:
+        raise ValueError(f"head_init 'itq' needs a linear code layer on the backbone features, which "
+                         f"{model.method or type(model).__name__} has not; use head_init 'random'")
+    _, features, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=batch_size,
+                                     device=device)
+    itq = ITQ(bits=model.bits, seed=seed).fit(features)
+    mean, projection = itq.mean.double(), itq.projection.double()
+    z = (torch.as_tensor(features, dtype=torch.float64) - mean) @ projection
+    scale = PREACTIVATION_SD / float(z.std())
+    with torch.no_grad():
+        layer.weight.copy_((scale * projection.T).to(layer.weight))
+        layer.bias.copy_((-scale * mean @ projection).to(layer.bias))
