@@ -130,7 +130,7 @@ DEFAULT_EPOCHS = 10
 #: optimiser steps (longer runs condense each class onto one code or a few); a method changes
 #: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
 PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
-                     "step_budget": 20, "head_init": "itq"}
+                     "step_budget": 20, "head_init": "random"}
 SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False,
                   "head_init": "random"}
 DEFAULT_BATCH_SIZE = 64
@@ -161,8 +161,6 @@ def resolve_train_config(model, config: TrainConfig | None = None, num_images: i
         recipe = dict(SCRATCH_RECIPE)
     if config.stages or model.default_stages(config.epochs or DEFAULT_EPOCHS):
         recipe.update(lr=DEFAULT_LR, backbone_lr_scale=1.0, warmup_epochs=0)
-    if model.code_layer() is None:
-        recipe["head_init"] = "random"  # nothing to start from ITQ
     if config.epochs is not None:
         recipe.pop("step_budget", None)  # an explicit epoch count wins over the budget
     filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
