@@ -10,8 +10,8 @@ import click
 from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
-# encoders.training's LR_SCHEDULES and AUGMENTATIONS and encoders.head_init's HEAD_INITS, spelled out so that `--help` needs no torch
-# import (tests/hashindex/test_cli.py checks that they agree).
+# encoders.training's LR_SCHEDULES and AUGMENTATIONS and encoders.head_init's HEAD_INITS, spelled
+# out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
 HEAD_INIT_CHOICES = ("random", "itq")
@@ -114,7 +114,7 @@ def _train_options(fn):
                           "[default: 20 with pretrained weights, else none: 10 epochs]."),
         click.option("--head-init", type=click.Choice(HEAD_INIT_CHOICES), default=None,
                      help="Start the hash layer from ITQ of the training images' features, or at random "
-                          "[default: itq with pretrained weights (DLBHC, HashNet), else random]."),
+                          "[default: itq for DLBHC on a pretrained backbone, else random]."),
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,

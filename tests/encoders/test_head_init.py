@@ -49,13 +49,15 @@ def test_codes_after_the_init_are_the_itq_codes_of_the_features(images, method):
     assert float(out.std()) == pytest.approx(own_sd, rel=1e-3)  # the scale of the layer's own init
 
 
-def test_pretrained_default_is_itq_and_explicit_values_win():
-    assert PRETRAINED_RECIPE["head_init"] == "itq" and SCRATCH_RECIPE["head_init"] == "random"
+def test_dlbhc_on_a_pretrained_backbone_starts_from_itq_and_explicit_values_win():
+    assert PRETRAINED_RECIPE["head_init"] == SCRATCH_RECIPE["head_init"] == "random"
+    # DLBHC's recipe changes it; HashNet's pairwise loss kept ITQ's code collisions (README "Real photos").
+    assert resolve_train_config(_lite("dlbhc")).head_init == "itq"
+    assert resolve_train_config(_lite("hashnet")).head_init == "random"
     for method in ("dlbhc", "hashnet"):
-        assert resolve_train_config(_lite(method)).head_init == "itq"
         assert resolve_train_config(_lite(method), TrainConfig(head_init="random")).head_init == "random"
+        assert resolve_train_config(_lite(method), TrainConfig(head_init="itq")).head_init == "itq"
         assert resolve_train_config(_lite(method, pretrained=False)).head_init == "random"
-        assert resolve_train_config(_lite(method, pretrained=False), TrainConfig(head_init="itq")).head_init == "itq"
     # Bilinear-HashNet's hash layer sits on its bilinear descriptor, not on F7: nothing to start from ITQ.
     assert resolve_train_config(_lite("bilinear_hashnet")).head_init == "random"
     with pytest.raises(ValueError, match="unknown head_init 'pca'"):
@@ -87,3 +89,17 @@ def test_training_starts_from_itq_and_the_model_file_records_it(tmp_path, digits
         recorded = torch.load(path, weights_only=True)["extra"]["train_config"]["head_init"]
         errors[recorded] = _orthogonality_error(load_encoder(path).code_layer())
     assert errors["itq"] < 1e-4 < 0.01 < errors["random"]
+
+
+def test_cli_head_init_flag_overrides_the_default(tmp_path, digits_folder):
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    out = tmp_path / "m.pt"
+    # A backbone trained from scratch defaults to a random start; the flag asks for ITQ.
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(out), "--method",
+                                       "hashnet", "--bits", "16", "--epochs", "1", "--lr", "0", "--head-init", "itq"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(out, weights_only=True)["extra"]["train_config"]["head_init"] == "itq"
+    assert _orthogonality_error(load_encoder(out).code_layer()) < 1e-4
