@@ -20,9 +20,8 @@ def init_code_layer_from_itq(model, images, *, seed: int = 0, batch_size: int = 
     """Set ``model.code_layer()`` to ``s * ((x - mean) @ projection)`` of an ITQ fitted (seeded by
     ``seed``) on the model's F7 features ``x`` of ``images`` (an :class:`encoders.data.ImageList`,
     test transform, eval mode): the signs (the codes) are ITQ's. ``s`` keeps the sd of the layer's
-    outputs on ``x`` what its own initialisation gave, so only the directions change and training
-    moves the codes as far as it moved random ones (at sd 1, 4x the default scale on the photo
-    benchmark's tuning partitions, the codes kept ITQ's collisions: 75-90 % distinct)."""
+    outputs on ``x`` what its own initialisation gave, so that only the directions change (at sd 1,
+    4x that scale, training left more of ITQ's code collisions: README "Real photos")."""
     from .classical import ITQ
     from .encode import encode_files
 
@@ -37,7 +36,6 @@ def init_code_layer_from_itq(model, images, *, seed: int = 0, batch_size: int = 
     x = torch.as_tensor(features, dtype=torch.float64)
     with torch.no_grad():
         own_sd = float(torch.nn.functional.linear(x, layer.weight.double().cpu(), layer.bias.double().cpu()).std())
-    scale = own_sd / float(((x - mean) @ projection).std())
-    with torch.no_grad():
+        scale = own_sd / float(((x - mean) @ projection).std())
         layer.weight.copy_((scale * projection.T).to(layer.weight))
         layer.bias.copy_((-scale * mean @ projection).to(layer.bias))
