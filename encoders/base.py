@@ -106,6 +106,11 @@ class HashModel(nn.Module):
         """The loss this method is trained with (a :class:`encoders.losses.BaseHashLoss`)."""
         raise NotImplementedError
 
+    def code_layer(self) -> nn.Linear | None:
+        """The linear layer on F7 whose output's sign is the code (positive: bit on), which
+        ``TrainConfig.head_init = "itq"`` starts from ITQ; ``None``: the code is not such a layer."""
+        return None
+
     def on_train_step(self, step: int) -> None:
         """Hook called before every optimisation step (e.g. HashNet's beta continuation)."""
 

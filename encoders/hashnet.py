@@ -74,6 +74,9 @@ class HashNet(HashModel):
     def default_loss(self) -> HashNetLoss:
         return HashNetLoss()
 
+    def code_layer(self) -> nn.Linear:
+        return self.hash_layer.fc
+
     def on_train_step(self, step: int) -> None:
         self.hash_layer.set_step(step)
 

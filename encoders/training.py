@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
+from .head_init import HEAD_INITS, init_code_layer_from_itq
 from .losses import add_code_terms
 from .memory import keep_freed_memory
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
@@ -71,7 +72,9 @@ class TrainConfig:
     ``backbone_lr_scale`` (the backbone's learning rate is ``lr`` times this),
     ``warmup_epochs`` (epochs, counted within ``epochs``, in which only the head trains) and
     ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time) and,
-    when ``epochs`` is not given, ``step_budget``.
+    when ``epochs`` is not given, ``step_budget``; and ``head_init`` (one of
+    :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
+    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`).
     ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
     (0: off).
     """
@@ -99,6 +102,7 @@ class TrainConfig:
     quantization: float = 0.0
     bit_balance: float = 0.0
     step_budget: int | None = None
+    head_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
@@ -109,6 +113,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.step_budget is not None and self.step_budget < 1:
             raise ValueError(f"step_budget must be >= 1, got {self.step_budget}")
+        if self.head_init is not None and self.head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {self.head_init!r}; expected one of {', '.join(HEAD_INITS)}")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
@@ -124,8 +130,9 @@ DEFAULT_EPOCHS = 10
 #: optimiser steps (longer runs condense each class onto one code or a few); a method changes
 #: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
 PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
-                     "step_budget": 20}
-SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False}
+                     "step_budget": 20, "head_init": "random"}
+SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False,
+                  "head_init": "random"}
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -366,6 +373,8 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         history, start_epoch = saved["history"], saved["epoch"]
+    elif config.head_init == "itq":
+        init_code_layer_from_itq(model, images, seed=config.seed, batch_size=config.batch_size, device=config.device)
 
     run: _StageRun | None = None
     try:

@@ -10,10 +10,11 @@ import click
 from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
-# encoders.training's LR_SCHEDULES and AUGMENTATIONS, spelled out so that `--help` needs no torch
-# import (tests/hashindex/test_cli.py checks that they agree).
+# encoders.training's LR_SCHEDULES and AUGMENTATIONS and encoders.head_init's HEAD_INITS, spelled
+# out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
+HEAD_INIT_CHOICES = ("random", "itq")
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -111,6 +112,9 @@ def _train_options(fn):
         click.option("--step-budget", type=click.IntRange(min=1), default=None,
                      help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
                           "[default: 20 with pretrained weights, else none: 10 epochs]."),
+        click.option("--head-init", type=click.Choice(HEAD_INIT_CHOICES), default=None,
+                     help="Start the hash layer from ITQ of the training images' features, or at random "
+                          "[default: itq for DLBHC on a pretrained backbone, else random]."),
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,
