@@ -88,8 +88,9 @@ def run(method: str = "dlbhc", images: int = 128, warmup: int = 32, threads: int
 
 def time_commands(photos: dict, seen: list[str], images: int, tmp: Path, method: str, backbone: str,
                   seed: int) -> dict:
-    """Wall time of ``hashindex train`` and ``hashindex encode``'s work (start-up excluded) on
-    ``images`` views at default flags."""
+    """On ``images`` views at default flags: the wall time and peak RSS of ``hashindex train`` in a
+    child process (start-up included), and the wall time of ``encode_folder`` in this one (what
+    ``hashindex encode`` runs after start-up)."""
     torch.manual_seed(seed + 1)
     folder = write_views(photos, seen, -(-images // len(seen)), tmp / "end_to_end", 128, "e")
     train = train_subprocess(method, folder, tmp / "model.pt", epochs=None, seed=seed, threads=torch.get_num_threads(),
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=128, help="timed images (a multiple of the batch, 32)")
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--end-to-end", type=int, default=0, metavar="N",
-                        help="also time train_encoder and encode_folder on N views (0: skip)")
+                        help="also time `hashindex train` (a child process) and encode_folder on N views (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default=BACKBONE, help="(another backbone: for smoke tests)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
