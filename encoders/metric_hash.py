@@ -129,6 +129,9 @@ class MetricHash(HashModel):
     def binarize(self, codes: torch.Tensor) -> torch.Tensor:
         return codes > 0
 
+    def code_layer(self) -> nn.Linear:
+        return self.hash_fc  # tanh(z) > 0 exactly when z > 0
+
     def default_loss(self) -> MetricHashLoss:
         return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight,
                               self.classification_weight)

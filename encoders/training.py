@@ -31,6 +31,9 @@ from .mixup import mixup_batch
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 AUGMENTATIONS = (None, "shift", "shift_flip", "shift_noise")
+#: How the code layer is set once training ends: ``"trained"`` keeps it, ``"itq"`` refits it
+#: (:func:`fit_codes`).
+CODE_FITS = ("trained", "itq")
 #: Gaussian pixel noise of ``"shift_noise"``: its sd (pixels in [0, 1]) and the share of images it hits.
 NOISE_SD, NOISE_P = 0.1, 0.5
 
@@ -76,7 +79,8 @@ class TrainConfig:
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
     the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`).
     ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
-    (0: off).
+    (0: off). ``code_fit`` (one of :data:`CODE_FITS`) says how the code layer is set after the
+    last epoch, see :func:`fit_codes`.
     """
 
     epochs: int | None = None
@@ -103,6 +107,7 @@ class TrainConfig:
     bit_balance: float = 0.0
     step_budget: int | None = None
     head_init: str | None = None
+    code_fit: str = "trained"
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
@@ -115,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"step_budget must be >= 1, got {self.step_budget}")
         if self.head_init is not None and self.head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {self.head_init!r}; expected one of {', '.join(HEAD_INITS)}")
+        if self.code_fit not in CODE_FITS:
+            raise ValueError(f"unknown code_fit {self.code_fit!r}; expected one of {', '.join(CODE_FITS)}")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         # Accept stages as dicts too (e.g. read back from a checkpoint or a JSON file).
@@ -354,6 +361,7 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
 def _train_model(model, images: ImageList, config: TrainConfig | None, loss, progress: bool,
                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
     config = resolve_train_config(model, config, num_images=len(images))
+    check_code_fit(model, config)
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)
@@ -398,7 +406,27 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
                 on_epoch_end(epoch + 1, record)
     finally:
         model.requires_grad_(True)
+    fit_codes(model, images, config)
     return history
+
+
+def check_code_fit(model, config: TrainConfig) -> None:
+    """Refuse a ``config.code_fit`` that ``model`` cannot take (before training, not after it)."""
+    if config.code_fit != "trained" and model.code_layer() is None:
+        raise ValueError(f"code_fit {config.code_fit!r} needs a linear code layer on the backbone features, which "
+                         f"{model.method or type(model).__name__} has not; use code_fit 'trained'")
+
+
+def fit_codes(model, images: ImageList, config: TrainConfig) -> None:
+    """Set a trained ``model``'s code layer as ``config.code_fit`` says: ``"itq"`` replaces it by
+    PCA + ITQ of the F7 features of ``images`` (:func:`encoders.head_init.init_code_layer_from_itq`,
+    seeded by ``config.seed``), so that the codes quantise F7 itself rather than what the loss
+    pulled them to (on classes never trained on, F7 neighbours hold more than trained codes:
+    README "Results", seen / unseen); ``"trained"`` leaves it."""
+    check_code_fit(model, config)
+    if config.code_fit == "itq":
+        init_code_layer_from_itq(model, images, seed=config.seed, batch_size=config.batch_size or DEFAULT_BATCH_SIZE,
+                                 device=config.device)
 
 
 def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, use_amp: bool, epoch: int,

@@ -180,12 +180,13 @@ def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
 
 def test_training_choices_match_the_training_loop():
     from encoders.head_init import HEAD_INITS
-    from encoders.training import AUGMENTATIONS, LR_SCHEDULES
-    from hashapp.cli import AUGMENT_CHOICES, HEAD_INIT_CHOICES, LR_SCHEDULE_CHOICES
+    from encoders.training import AUGMENTATIONS, CODE_FITS, LR_SCHEDULES
+    from hashapp.cli import AUGMENT_CHOICES, CODE_FIT_CHOICES, HEAD_INIT_CHOICES, LR_SCHEDULE_CHOICES
 
     assert LR_SCHEDULE_CHOICES == LR_SCHEDULES
     assert AUGMENT_CHOICES == tuple("none" if a is None else a for a in AUGMENTATIONS)
     assert HEAD_INIT_CHOICES == HEAD_INITS
+    assert CODE_FIT_CHOICES == CODE_FITS
 
 
 def test_list_command_describes_every_registered_method_and_backbone():
