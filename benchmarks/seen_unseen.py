@@ -48,7 +48,8 @@ from encoders import load_encoder
 from encoders.checkpoint import read_encoder_file, save_encoder
 from encoders.data import list_images
 from encoders.encode import encode_folder
-from encoders.training import TrainConfig, fit_codes
+from encoders.code_fit import fit_codes
+from encoders.training import TrainConfig
 from hashapp.pipeline import train_encoder
 from hashindex import metrics
 from hashindex.bench.args import name_list
@@ -229,7 +230,7 @@ class MethodSetup:
     #: ``TrainConfig.code_fit``: how the code layer is set after training.
     code_fit: str = "trained"
     #: Key of a method trained exactly as this one but for ``code_fit``: its trained model is
-    #: refit (:func:`encoders.training.fit_codes`) instead of training again, which gives the same
+    #: refit (:func:`encoders.code_fit.fit_codes`) instead of training again, which gives the same
     #: model (training is seeded and ``code_fit`` acts after the last epoch).
     refit_of: str | None = None
 
@@ -270,15 +271,20 @@ METHODS = {
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
     # The blur recipe with a wider blur (sd 1.5 px), at the budget's epochs.
-    # The recipe with its hash layer refit to ITQ of F7 after training (the same trained network).
+    # The recipe with its hash layer refit after training (the same trained network): ITQ of F7,
+    # or double-bit quantisation of unit-length F7 (encoders.code_fit).
     "proxy_anchor_blur_itq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, ITQ codes", "proxy_anchor_hash",
                                          encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12, code_fit="itq",
+                                         refit_of="proxy_anchor_blur"),
+    "proxy_anchor_blur_dbq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, DBQ codes", "proxy_anchor_hash",
+                                         encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12, code_fit="dbq",
                                          refit_of="proxy_anchor_blur"),
     "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
 }
-#: The anchors the issue names and the recipe: about 27 min on 2 quiet cores, estimated (README, "Results").
-DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur")
+#: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
+#: own): about 28 min on 2 quiet cores, estimated (README, "Results").
+DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
 
 
 def load_dataset(name: str, mnist_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +347,8 @@ def refit_method(key: str, config: TrainConfig, run: Run, path: Path) -> tuple[P
     base, _ = train_method(METHODS[key].refit_of, run)
     start = time.perf_counter()
     model = load_encoder(base)
-    fit_codes(model, list_images(run.folders["train"], supervised=True), config)
+    fit_codes(model, list_images(run.folders["train"], supervised=True), config.code_fit, seed=config.seed,
+              batch_size=config.batch_size, device=config.device)
     extra = read_encoder_file(base)["extra"]
     save_encoder(model, path, class_names=model.class_names,
                  extra={**extra, "train_config": {**extra.get("train_config", {}), "code_fit": config.code_fit}})

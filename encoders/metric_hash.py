@@ -86,12 +86,13 @@ class MetricHashLoss(BaseHashLoss):
 
 class MetricHash(HashModel):
     """Backbone F7 -> ``Linear(feature_dim, bits)`` -> ``tanh``. ``forward`` returns F7 and the
-    relaxed codes (no logits); the binary code is ``sign``. The library loss is a child module,
+    relaxed codes (no logits); the binary code is ``sign``. With ``unit_features`` the layer
+    reads F7 scaled to unit length (set by ``TrainConfig.code_fit = "dbq"``, :mod:`encoders.code_fit`). The library loss is a child module,
     so Proxy-Anchor's proxies train with the model and are saved with it."""
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
                  quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
-                 classification_weight: float = 0.0, **config) -> None:
+                 classification_weight: float = 0.0, unit_features: bool = False, **config) -> None:
         if not num_classes or num_classes < 2:
             raise ValueError(f"metric-learning hashing needs num_classes >= 2, got {num_classes}")
         metric_loss, miner = build_metric_loss(loss, num_classes, bits)
@@ -106,8 +107,11 @@ class MetricHash(HashModel):
         self.classification_weight = classification_weight
         # A linear classifier on the relaxed codes (as DLBHC's), only when its term is on.
         self.classifier = nn.Linear(bits, num_classes) if classification_weight else None
+        self.unit_features = unit_features
         self.config.update(quantization_weight=quantization_weight, balance_weight=balance_weight,
                            classification_weight=classification_weight)
+        if unit_features:  # recorded only when on: files saved before the option keep their identity
+            self.config["unit_features"] = True
         if loss == "proxy_anchor":  # the only loss with parameters (and the only builder taking the keyword)
             self.config["proxy_lr_scale"] = proxy_lr_scale
 
@@ -122,7 +126,7 @@ class MetricHash(HashModel):
         return {"loss": self.proxy_lr_scale}
 
     def forward_head(self, features: torch.Tensor) -> HashOutput:
-        codes = torch.tanh(self.hash_fc(features))
+        codes = torch.tanh(self.hash_fc(F.normalize(features, dim=1) if self.unit_features else features))
         return HashOutput(features=features, codes=codes,
                           logits=self.classifier(codes) if self.classifier is not None else None)
 
@@ -146,31 +150,34 @@ def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, backbone
 @register_encoder
 def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
                       quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
-                      classification_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+                      classification_weight: float = 0.0, unit_features: bool = False,
+                      **backbone_kwargs) -> MetricHash:
     """Proxy-Anchor loss on tanh codes, the proxies learning ``proxy_lr_scale`` times faster
     than the network, plus ``classification_weight`` x a classifier's cross-entropy on the
     codes; extra keywords go to the backbone builder."""
     return _metric_hash("proxy_anchor", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
-                        proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight)
+                        proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight,
+                        unit_features=unit_features)
 
 
 @register_encoder
 def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
-            balance_weight: float = 0.1, classification_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+            balance_weight: float = 0.1, classification_weight: float = 0.0, unit_features: bool = False,
+            **backbone_kwargs) -> MetricHash:
     """Multi-Similarity loss and miner on tanh codes (plus an optional classification term, as
     :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("multi_similarity", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
-                        classification_weight=classification_weight)
+                        classification_weight=classification_weight, unit_features=unit_features)
 
 
 @register_encoder
 def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
                 quantization_weight: float = 0.1, balance_weight: float = 0.1, classification_weight: float = 0.0,
-                **backbone_kwargs) -> MetricHash:
+                unit_features: bool = False, **backbone_kwargs) -> MetricHash:
     """Supervised contrastive loss over the batch on tanh codes (plus an optional classification
     term, as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("supcon", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
-                        classification_weight=classification_weight)
+                        classification_weight=classification_weight, unit_features=unit_features)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
+from .code_fit import CODE_FITS, check_code_fit, fit_codes
 from .head_init import HEAD_INITS, init_code_layer_from_itq
 from .losses import add_code_terms
 from .memory import keep_freed_memory
@@ -31,9 +32,6 @@ from .mixup import mixup_batch
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 AUGMENTATIONS = (None, "shift", "shift_flip", "shift_noise")
-#: How the code layer is set once training ends: ``"trained"`` keeps it, ``"itq"`` refits it
-#: (:func:`fit_codes`).
-CODE_FITS = ("trained", "itq")
 #: Gaussian pixel noise of ``"shift_noise"``: its sd (pixels in [0, 1]) and the share of images it hits.
 NOISE_SD, NOISE_P = 0.1, 0.5
 
@@ -79,8 +77,8 @@ class TrainConfig:
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
     the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`).
     ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
-    (0: off). ``code_fit`` (one of :data:`CODE_FITS`) says how the code layer is set after the
-    last epoch, see :func:`fit_codes`.
+    (0: off). ``code_fit`` (one of :data:`encoders.code_fit.CODE_FITS`) says how the code layer is
+    set after the last epoch, see :func:`encoders.code_fit.fit_codes`.
     """
 
     epochs: int | None = None
@@ -361,7 +359,7 @@ def train_model(model, images: ImageList, config: TrainConfig | None = None, los
 def _train_model(model, images: ImageList, config: TrainConfig | None, loss, progress: bool,
                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
     config = resolve_train_config(model, config, num_images=len(images))
-    check_code_fit(model, config)
+    check_code_fit(model, config.code_fit)
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)
@@ -406,27 +404,8 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
                 on_epoch_end(epoch + 1, record)
     finally:
         model.requires_grad_(True)
-    fit_codes(model, images, config)
+    fit_codes(model, images, config.code_fit, seed=config.seed, batch_size=config.batch_size, device=config.device)
     return history
-
-
-def check_code_fit(model, config: TrainConfig) -> None:
-    """Refuse a ``config.code_fit`` that ``model`` cannot take (before training, not after it)."""
-    if config.code_fit != "trained" and model.code_layer() is None:
-        raise ValueError(f"code_fit {config.code_fit!r} needs a linear code layer on the backbone features, which "
-                         f"{model.method or type(model).__name__} has not; use code_fit 'trained'")
-
-
-def fit_codes(model, images: ImageList, config: TrainConfig) -> None:
-    """Set a trained ``model``'s code layer as ``config.code_fit`` says: ``"itq"`` replaces it by
-    PCA + ITQ of the F7 features of ``images`` (:func:`encoders.head_init.init_code_layer_from_itq`,
-    seeded by ``config.seed``), so that the codes quantise F7 itself rather than what the loss
-    pulled them to (on classes never trained on, F7 neighbours hold more than trained codes:
-    README "Results", seen / unseen); ``"trained"`` leaves it."""
-    check_code_fit(model, config)
-    if config.code_fit == "itq":
-        init_code_layer_from_itq(model, images, seed=config.seed, batch_size=config.batch_size or DEFAULT_BATCH_SIZE,
-                                 device=config.device)
 
 
 def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, use_amp: bool, epoch: int,

@@ -10,12 +10,12 @@ import click
 from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
-# encoders.training's LR_SCHEDULES, AUGMENTATIONS and CODE_FITS and encoders.head_init's HEAD_INITS, spelled
-# out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
+# encoders.training's LR_SCHEDULES and AUGMENTATIONS, encoders.head_init's HEAD_INITS and encoders.code_fit's
+# CODE_FITS, spelled out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
 HEAD_INIT_CHOICES = ("random", "itq")
-CODE_FIT_CHOICES = ("trained", "itq")
+CODE_FIT_CHOICES = ("trained", "itq", "dbq")
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -117,8 +117,10 @@ def _train_options(fn):
                      help="Start the hash layer from ITQ of the training images' features, or at random "
                           "[default: itq for DLBHC on a pretrained backbone, else random]."),
         click.option("--code-fit", type=click.Choice(CODE_FIT_CHOICES), default="trained", show_default=True,
-                     help="After training, keep the trained hash layer or refit it to ITQ of the training "
-                          "images' features (better codes for classes not trained on: README 'Results')."),
+                     help="After training, keep the trained hash layer or refit it on the training images' "
+                          "features: ITQ, or two bits per ITQ projection of unit-length features (dbq, "
+                          "metric-learning methods; the codes hold classes not trained on better: README "
+                          "'Results')."),
         click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,

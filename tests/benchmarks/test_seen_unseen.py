@@ -281,8 +281,9 @@ def test_a_refit_row_reuses_the_trained_network(bench, tmp_path, monkeypatch):
     monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
                                                               queries_per_class=4, epochs=1, batch_size=16))
     monkeypatch.setitem(bench.METHODS, "proxy_anchor_blur", replace(bench.METHODS["proxy_anchor_blur"], epochs=1))
-    monkeypatch.setitem(bench.METHODS, "proxy_anchor_blur_itq",
-                        replace(bench.METHODS["proxy_anchor_blur_itq"], epochs=1))
+    refits = ("proxy_anchor_blur_itq", "proxy_anchor_blur_dbq")
+    for key in refits:
+        monkeypatch.setitem(bench.METHODS, key, replace(bench.METHODS[key], epochs=1))
     calls = []
     real_train_encoder = bench.train_encoder
 
@@ -302,17 +303,19 @@ def test_a_refit_row_reuses_the_trained_network(bench, tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     try:
         payload = bench.main(["--dataset", "digits", "--partitions", "tune", "--only", "tune0", "--methods",
-                              "proxy_anchor_blur_itq,proxy_anchor_blur", "--bits", "16", "--threads", "1",
+                              ",".join(refits) + ",proxy_anchor_blur", "--bits", "16", "--threads", "1",
                               "--conditions", "shifted+noisy", "--out", str(tmp_path / "out"),
                               "--work-dir", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    assert len(calls) == 1  # one training serves both rows
-    (extra,) = saved  # the refit model file: the trained one's record, its code fit changed
-    assert extra["train_config"]["code_fit"] == "itq" and len(extra["history"]) == 1
+    assert len(calls) == 1  # one training serves the three rows
+    # The refit model files: the trained one's record, its code fit changed.
+    assert [extra["train_config"]["code_fit"] for extra in saved] == ["itq", "dbq"]
+    assert all(len(extra["history"]) == 1 for extra in saved)
     rows = {row["method"]: row["conditions"]["shifted+noisy"] for row in payload["rows"]}
-    refit, trained = rows["proxy_anchor_blur_itq"], rows["proxy_anchor_blur"]
-    # The same network: the same F7 and so the same F7 ceiling; other codes.
-    for name in ("seen_mAP_f7", "unseen_mAP_f7", "unseen_vote_f7"):
-        assert refit[name] == trained[name], name
-    assert refit["seen_mAP"] != trained["seen_mAP"]
+    trained = rows["proxy_anchor_blur"]
+    for key in refits:
+        # The same network: the same F7 and so the same F7 ceiling; other codes.
+        for name in ("seen_mAP_f7", "unseen_mAP_f7", "unseen_vote_f7"):
+            assert rows[key][name] == trained[name], (key, name)
+        assert rows[key]["seen_mAP"] != trained["seen_mAP"], key
