@@ -285,7 +285,7 @@ METHODS = {
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
 }
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
-#: own): about 28 min on 2 quiet cores, estimated (README, "Results").
+#: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
 
 
