@@ -48,9 +48,9 @@ import torch
 
 from encoders import load_encoder
 from encoders.checkpoint import read_encoder_file, save_encoder
+from encoders.code_fit import fit_codes
 from encoders.data import list_images
 from encoders.encode import encode_folder
-from encoders.code_fit import fit_codes
 from encoders.training import TrainConfig
 from hashapp.pipeline import train_encoder
 from hashindex import metrics
@@ -272,7 +272,6 @@ METHODS = {
     "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
-    # The blur recipe with a wider blur (sd 1.5 px), at the budget's epochs.
     # The recipe with its hash layer refit after training (the same trained network): ITQ of F7,
     # or double-bit quantisation of unit-length F7 (encoders.code_fit).
     "proxy_anchor_blur_itq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, ITQ codes", "proxy_anchor_hash",
@@ -281,6 +280,7 @@ METHODS = {
     "proxy_anchor_blur_dbq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, DBQ codes", "proxy_anchor_hash",
                                          encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12, code_fit="dbq",
                                          refit_of="proxy_anchor_blur"),
+    # The blur recipe with a wider blur (sd 1.5 px), at the budget's epochs.
     "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
 }

@@ -87,8 +87,9 @@ class MetricHashLoss(BaseHashLoss):
 class MetricHash(HashModel):
     """Backbone F7 -> ``Linear(feature_dim, bits)`` -> ``tanh``. ``forward`` returns F7 and the
     relaxed codes (no logits); the binary code is ``sign``. With ``unit_features`` the layer
-    reads F7 scaled to unit length (set by ``TrainConfig.code_fit = "dbq"``, :mod:`encoders.code_fit`). The library loss is a child module,
-    so Proxy-Anchor's proxies train with the model and are saved with it."""
+    reads F7 scaled to unit length (set by ``TrainConfig.code_fit = "dbq"``,
+    :mod:`encoders.code_fit`). The library loss is a child module, so Proxy-Anchor's proxies
+    train with the model and are saved with it."""
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
                  quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
