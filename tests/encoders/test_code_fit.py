@@ -7,9 +7,9 @@ from click.testing import CliRunner
 
 from encoders import create_encoder, load_encoder
 from encoders.classical import ITQ
+from encoders.code_fit import DBQ_THRESHOLD_SD, fit_codes
 from encoders.data import list_images
 from encoders.encode import encode_files
-from encoders.code_fit import DBQ_THRESHOLD_SD, fit_codes
 from encoders.training import TrainConfig, train_model
 from hashapp.cli import main
 from hashapp.pipeline import train_encoder
