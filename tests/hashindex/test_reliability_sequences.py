@@ -23,7 +23,7 @@ from PIL import Image
 from encoders import create_encoder
 from encoders.checkpoint import encoder_identity
 from encoders.encode import encode_folder
-from hashindex import HashIndex, ShardReader
+from hashindex import HashIndex, ShardError, ShardReader
 from hashindex.datasets import load_digits_images, write_image_folder
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -105,6 +105,16 @@ def _assert_store_matches_folder(store: Path, folder: Path, model, scratch: Path
     assert [s["count"] for s in got.info.shards] == [s["count"] for s in want.info.shards]
 
 
+def _has_shards(store: Path) -> bool:
+    """Whether the store holds a complete shard to index. A kill before the first manifest write
+    leaves a folder that is no store: indexing it must fail with one clear error, not read garbage."""
+    if store.exists() and not (store / "manifest.json").exists():
+        with pytest.raises(ShardError, match="not a hashindex shard store"):
+            HashIndex.from_shards(store, progress=False)
+        return False
+    return store.exists() and bool(ShardReader(store).info.shards)
+
+
 @pytest.fixture(scope="module")
 def digits_small():
     images, labels = load_digits_images(size=16)
@@ -117,6 +127,7 @@ def digits_small():
 @given(steps=STEPS)
 @example(steps=[("kill-encode", 4), ("save", 0), ("add-files", 1), ("encode", 0), ("kill-save", 2), ("load", 0),
                 ("kill-encode", 7), ("encode", 0)])
+@example(steps=[("kill-encode", 0), ("save", 0), ("encode", 0)])  # killed before the store had a manifest
 def test_random_sequences_keep_the_invariant(digits_small, steps):
     torch.set_num_threads(1)
     images, labels, spare = digits_small
@@ -147,10 +158,10 @@ def test_random_sequences_keep_the_invariant(digits_small, steps):
                     Image.fromarray(spare[added % len(spare)]).save(folder / str(seed % 3) / f"n{added:03d}.png")
                     added += 1
                 complete = False
-            elif action == "save" and store.exists() and ShardReader(store).info.shards:
+            elif action == "save" and _has_shards(store):
                 saved = HashIndex.from_shards(store, progress=False)
                 saved.save(index_dir)
-            elif action == "kill-save" and store.exists() and ShardReader(store).info.shards:
+            elif action == "kill-save" and _has_shards(store):
                 attempted = HashIndex.from_shards(store, progress=False)
                 assert _run_forked(_child_save, store, index_dir, 1 + seed % 5) in (0, 9)
                 if saved is None and not (index_dir / "CURRENT").exists():
