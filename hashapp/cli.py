@@ -109,6 +109,9 @@ def _train_options(fn):
                      help="First epochs in which only the hash head trains [default: 0]."),
         click.option("--freeze-early/--train-early", default=None,
                      help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
+        click.option("--freeze-bn/--train-bn", default=None,
+                     help="Keep the backbone's batch-norm statistics (scale and shift still train) "
+                          "[default: yes for HashNet on a pretrained backbone, else no]."),
         click.option("--step-budget", type=click.IntRange(min=1), default=None,
                      help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
                           "[default: 20 with pretrained weights, else none: 10 epochs]."),

@@ -131,6 +131,45 @@ def test_frozen_early_layers_and_zero_backbone_rate(images):
     assert any(_changed(before_early, early)) and any(_changed(before_late, model.backbone._blocks[6:]))
 
 
+def _late_batch_norms(model):
+    return [m for b in model.backbone._blocks[6:] for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_the_stored_statistics_and_trains_scale_and_shift(images, freeze_bn):
+    model = _lite()
+    norms = _late_batch_norms(model)
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    affine = _snapshot(norms)
+    train_model(model, images, TrainConfig(epochs=1, batch_size=60, freeze_bn=freeze_bn), progress=False)
+    kept = [torch.equal(mean, m.running_mean) and torch.equal(var, m.running_var) for (mean, var), m in zip(stats, norms)]
+    assert all(kept) if freeze_bn else not any(kept)
+    assert all(_changed(affine, norms))
+
+
+def test_hashnet_keeps_the_batch_norm_statistics_by_default(tmp_path, digits_folder):
+    assert PRETRAINED_RECIPE["freeze_bn"] is False
+    # HashNet's recipe changes it (README "Real photos"); DLBHC from ITQ kept ITQ's code collisions with it.
+    assert resolve_train_config(_lite("hashnet")).freeze_bn is True
+    assert resolve_train_config(_lite("dlbhc")).freeze_bn is False
+    assert resolve_train_config(_lite("hashnet", pretrained=False)).freeze_bn is False
+    assert resolve_train_config(_lite("hashnet"), TrainConfig(freeze_bn=False)).freeze_bn is False
+    path = train_encoder(digits_folder, tmp_path / "h.pt", method="hashnet", backbone="efficientnet_lite0", bits=16,
+                         config=TrainConfig(epochs=1, lr=0.0, device="cpu"), encoder_kwargs={"input_size": 32},
+                         progress=False)
+    assert torch.load(path, weights_only=True)["extra"]["train_config"]["freeze_bn"] is True
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    # The flag wins over the recipe (a backbone trained from scratch defaults to False).
+    out = tmp_path / "c.pt"
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(out), "--method", "hashnet",
+                                       "--bits", "16", "--epochs", "1", "--lr", "0", "--freeze-bn"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(out, weights_only=True)["extra"]["train_config"]["freeze_bn"] is True
+
+
 def test_backbone_rate_is_scaled(images):
     seen = []
 
