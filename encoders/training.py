@@ -74,11 +74,11 @@ class TrainConfig:
     ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time),
     ``freeze_bn`` (the backbone's batch-norm layers normalise with their stored statistics and
     do not update them; their scale and shift still train) and,
-    when ``epochs`` is not given, ``step_budget``; and ``head_init`` (one of
+    when ``epochs`` is not given, ``step_budget``; ``head_init`` (one of
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
-    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`).
-    ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
-    (0: off).
+    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`); and
+    ``quantization`` and ``bit_balance``, the weights of the terms of
+    :func:`encoders.losses.code_terms` (0: off).
     """
 
     epochs: int | None = None
@@ -102,8 +102,8 @@ class TrainConfig:
     warmup_epochs: int | None = None
     freeze_early: bool | None = None
     freeze_bn: bool | None = None
-    quantization: float = 0.0
-    bit_balance: float = 0.0
+    quantization: float | None = None
+    bit_balance: float | None = None
     step_budget: int | None = None
     head_init: str | None = None
 
@@ -133,9 +133,10 @@ DEFAULT_EPOCHS = 10
 #: optimiser steps (longer runs condense each class onto one code or a few); a method changes
 #: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
 PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
-                     "freeze_bn": False, "step_budget": 20, "head_init": "random"}
+                     "freeze_bn": False, "step_budget": 20, "head_init": "random", "quantization": 0.0,
+                     "bit_balance": 0.0}
 SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False,
-                  "freeze_bn": False, "head_init": "random"}
+                  "freeze_bn": False, "head_init": "random", "quantization": 0.0, "bit_balance": 0.0}
 DEFAULT_BATCH_SIZE = 64
 
 
