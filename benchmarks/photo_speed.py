@@ -6,13 +6,12 @@ training epoch (``--warmup`` images: allocator and kernels settle) is not timed;
 epoch over ``--images`` images is timed (image decoding and augmentation-free transforms
 included, as ``hashindex train`` does), and so is encoding them (``encode_files``, batch 64).
 Training uses ``resolve_train_config``'s defaults for the pretrained backbone (batch 32, early
-layers frozen, the method's learning rates), with a random head start. Peak memory is the process's ``VmHWM``.
+layers frozen, the method's recipe). Peak memory is the process's ``VmHWM``.
 
 ``--end-to-end N`` also times, on a folder of ``N`` views, ``hashindex train`` at default flags
-in a child process (start-up, model build, weights, DLBHC's ITQ start, the step budget's
-epochs, the code-health pass, saving; its peak RSS is its own) and then ``encode_folder`` of
-the folder in this process (what ``hashindex encode`` runs after start-up); the images/s are
-``N`` over each wall time.
+in a child process (start-up, model build, weights, the step budget's epochs, the code-health
+pass, saving; its peak RSS is its own) and then ``encode_folder`` of the folder in this process
+(what ``hashindex encode`` runs after start-up); the images/s are ``N`` over each wall time.
 
     python benchmarks/photo_speed.py --method dlbhc --images 128 --end-to-end 640 --threads 2
 
@@ -65,9 +64,7 @@ def run(method: str = "dlbhc", images: int = 128, warmup: int = 32, threads: int
         timed = ImageList(listing.root, listing.samples[warmup:warmup + images], listing.classes)
         torch.manual_seed(seed)
         model = create_encoder(method, backbone=backbone, bits=64, num_classes=len(seen))
-        # A random head start: each train_model call would otherwise begin with DLBHC's ITQ pass over
-        # its images, a one-off cost that --end-to-end times; this measures the steps themselves.
-        config = resolve_train_config(model, TrainConfig(epochs=1, seed=seed, device="cpu", head_init="random"))
+        config = resolve_train_config(model, TrainConfig(epochs=1, seed=seed, device="cpu"))
         train_model(model, warm, config, progress=False)
         start = time.perf_counter()
         train_model(model, timed, config, progress=False)

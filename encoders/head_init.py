@@ -5,7 +5,9 @@ DLBHC's latent layer and HashNet's hash layer are affine maps of F7 whose sign i
 steps at 1e-4, too little for a random start to move far: the trained codes stay close to a
 random-projection hash. Started from PCA + ITQ rotation of the training images' features
 (unsupervised, the project's :class:`encoders.classical.ITQ`), the codes before the first step
-are ITQ's codes and training refines them.
+are ITQ's codes and training refines them. No method starts so by default (``--head-init itq``
+asks for it): the trained codes kept ITQ's collisions, HashNet's always and DLBHC's once the
+backbone's batch-norm statistics were kept (README "Real photos").
 """
 
 from __future__ import annotations

@@ -72,13 +72,16 @@ class TrainConfig:
     ``lr`` (the head's learning rate), ``batch_size`` (the backbone's ``default_batch_size``, else 64),
     ``backbone_lr_scale`` (the backbone's learning rate is ``lr`` times this),
     ``warmup_epochs`` (epochs, counted within ``epochs``, in which only the head trains) and
-    ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time) and,
-    when ``epochs`` is not given, ``step_budget``; and ``head_init`` (one of
+    ``freeze_early`` (keep the backbone's ``early_layers()`` frozen: less memory and time),
+    ``freeze_bn`` (the backbone's batch-norm layers normalise with their stored statistics and
+    do not update them; their scale and shift still train) and,
+    when ``epochs`` is not given, ``step_budget``; ``head_init`` (one of
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
-    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`).
-    ``quantization`` and ``bit_balance`` weigh the terms of :func:`encoders.losses.code_terms`
-    (0: off). ``code_fit`` (one of :data:`encoders.code_fit.CODE_FITS`) says how the code layer is
-    set after the last epoch, see :func:`encoders.code_fit.fit_codes`.
+    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`);
+    ``quantization`` and ``bit_balance``, the weights of the terms of
+    :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
+    :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
+    after the last epoch, see :func:`encoders.code_fit.fit_codes`.
     """
 
     epochs: int | None = None
@@ -101,8 +104,9 @@ class TrainConfig:
     backbone_lr_scale: float | None = None
     warmup_epochs: int | None = None
     freeze_early: bool | None = None
-    quantization: float = 0.0
-    bit_balance: float = 0.0
+    freeze_bn: bool | None = None
+    quantization: float | None = None
+    bit_balance: float | None = None
     step_budget: int | None = None
     head_init: str | None = None
     code_fit: str = "trained"
@@ -135,9 +139,10 @@ DEFAULT_EPOCHS = 10
 #: optimiser steps (longer runs condense each class onto one code or a few); a method changes
 #: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
 PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
-                     "step_budget": 20, "head_init": "random"}
+                     "freeze_bn": False, "step_budget": 20, "head_init": "random", "quantization": 0.0,
+                     "bit_balance": 0.0}
 SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False,
-                  "head_init": "random"}
+                  "freeze_bn": False, "head_init": "random", "quantization": 0.0, "bit_balance": 0.0}
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -418,6 +423,10 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
     model.train()
     for module in run.frozen:
         module.eval()  # frozen parts keep their batch-norm statistics and drop no units
+    if config.freeze_bn:
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     stage_steps = run.stage.epochs * steps_per_epoch
     sums: dict[str, float] = {}
     seen = 0

@@ -110,22 +110,25 @@ def _train_options(fn):
                      help="First epochs in which only the hash head trains [default: 0]."),
         click.option("--freeze-early/--train-early", default=None,
                      help="Keep a pretrained backbone's early layers frozen [default: frozen when pretrained]."),
+        click.option("--freeze-bn/--train-bn", default=None,
+                     help="Keep the backbone's batch-norm statistics (scale and shift still train) "
+                          "[default: yes for DLBHC and HashNet on a pretrained backbone, else no]."),
         click.option("--step-budget", type=click.IntRange(min=1), default=None,
                      help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
                           "[default: 20 with pretrained weights, else none: 10 epochs]."),
         click.option("--head-init", type=click.Choice(HEAD_INIT_CHOICES), default=None,
                      help="Start the hash layer from ITQ of the training images' features, or at random "
-                          "[default: itq for DLBHC on a pretrained backbone, else random]."),
+                          "[default: random]."),
         click.option("--code-fit", type=click.Choice(CODE_FIT_CHOICES), default="trained", show_default=True,
                      help="After training, keep the trained hash layer or refit it on the training images' "
                           "features: ITQ, or two bits per ITQ projection of unit-length features (dbq, "
                           "metric-learning methods; the codes hold classes not trained on better: README "
                           "'Results')."),
-        click.option("--quantization", type=click.FloatRange(min=0), default=0.0,
-                     help="Weight of a term pulling relaxed bits to +-1 (0 = off)."),
-        click.option("--bit-balance", type=click.FloatRange(min=0), default=0.0,
-                     help="Weight of a term making each bit on for half the batch (0 = off); "
-                          "spreads near-constant bits."),
+        click.option("--quantization", type=click.FloatRange(min=0), default=None,
+                     help="Weight of a term pulling relaxed bits to +-1 (0 = off) [default: 0]."),
+        click.option("--bit-balance", type=click.FloatRange(min=0), default=None,
+                     help="Weight of a term making each bit on for half the batch (0 = off); spreads "
+                          "near-constant bits [default: 1 for DLBHC on a pretrained backbone, else 0]."),
     ]
     for option in reversed(options):
         fn = option(fn)

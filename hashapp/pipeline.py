@@ -82,9 +82,9 @@ def training_code_health(model, images, config: TrainConfig, echo=None) -> CodeH
         for line in health.notes():
             echo(line)
     for line in health.warnings():
-        warnings.warn(f"collapsed codes: {line}; a bit-balance term (--bit-balance 0.1) spreads near-constant "
-                      "bits, a quantisation term (--quantization 0.1) keeps relaxed bits off 0 (README, "
-                      "'Real photos')", stacklevel=2)
+        warnings.warn(f"collapsed codes: {line}; a bit-balance term (--bit-balance 1, DLBHC's pretrained default) "
+                      "spreads near-constant bits, a quantisation term (--quantization 0.1) keeps relaxed bits off 0 "
+                      "(README, 'Real photos')", stacklevel=2)
     return health
 
 

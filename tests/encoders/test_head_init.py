@@ -49,12 +49,11 @@ def test_codes_after_the_init_are_the_itq_codes_of_the_features(images, method):
     assert float(out.std()) == pytest.approx(own_sd, rel=1e-3)  # the scale of the layer's own init
 
 
-def test_dlbhc_on_a_pretrained_backbone_starts_from_itq_and_explicit_values_win():
+def test_every_model_starts_at_random_by_default_and_explicit_values_win():
     assert PRETRAINED_RECIPE["head_init"] == SCRATCH_RECIPE["head_init"] == "random"
-    # DLBHC's recipe changes it; HashNet's pairwise loss kept ITQ's code collisions (README "Real photos").
-    assert resolve_train_config(_lite("dlbhc")).head_init == "itq"
-    assert resolve_train_config(_lite("hashnet")).head_init == "random"
+    # DLBHC started from ITQ until its frozen batch-norm statistics kept ITQ's code collisions (README "Real photos").
     for method in ("dlbhc", "hashnet"):
+        assert resolve_train_config(_lite(method)).head_init == "random"
         assert resolve_train_config(_lite(method), TrainConfig(head_init="random")).head_init == "random"
         assert resolve_train_config(_lite(method), TrainConfig(head_init="itq")).head_init == "itq"
         assert resolve_train_config(_lite(method, pretrained=False)).head_init == "random"
@@ -81,9 +80,9 @@ def _orthogonality_error(layer) -> float:
 def test_training_starts_from_itq_and_the_model_file_records_it(tmp_path, digits_folder):
     kwargs = dict(method="dlbhc", backbone="efficientnet_lite0", bits=16, encoder_kwargs={"input_size": 32},
                   progress=False)
-    # At lr 0 the layer keeps its start: ITQ's orthogonal projection by default, nn.Linear's init when random.
+    # At lr 0 the layer keeps its start: ITQ's orthogonal projection when asked, nn.Linear's init by default.
     errors = {}
-    for head_init in (None, "random"):
+    for head_init in ("itq", None):
         path = train_encoder(digits_folder, tmp_path / f"{head_init}.pt", config=TrainConfig(
             lr=0.0, batch_size=32, device="cpu", head_init=head_init), **kwargs)
         recorded = torch.load(path, weights_only=True)["extra"]["train_config"]["head_init"]

@@ -131,6 +131,46 @@ def test_frozen_early_layers_and_zero_backbone_rate(images):
     assert any(_changed(before_early, early)) and any(_changed(before_late, model.backbone._blocks[6:]))
 
 
+def _late_batch_norms(model):
+    return [m for b in model.backbone._blocks[6:] for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_the_stored_statistics_and_trains_scale_and_shift(images, freeze_bn):
+    model = _lite()
+    norms = _late_batch_norms(model)
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    affine = _snapshot(norms)
+    train_model(model, images, TrainConfig(epochs=1, batch_size=60, freeze_bn=freeze_bn), progress=False)
+    kept = [torch.equal(mean, m.running_mean) and torch.equal(var, m.running_var) for (mean, var), m in zip(stats, norms)]
+    assert all(kept) if freeze_bn else not any(kept)
+    assert all(_changed(affine, norms))
+
+
+def test_hashnet_and_dlbhc_keep_the_batch_norm_statistics_by_default(tmp_path, digits_folder):
+    assert PRETRAINED_RECIPE["freeze_bn"] is False
+    # Their recipes change it (README "Real photos").
+    assert resolve_train_config(_lite("hashnet")).freeze_bn is True
+    assert resolve_train_config(_lite("dlbhc")).freeze_bn is True
+    assert resolve_train_config(_common_recipe_model()).freeze_bn is False
+    assert resolve_train_config(_lite("hashnet", pretrained=False)).freeze_bn is False
+    assert resolve_train_config(_lite("hashnet"), TrainConfig(freeze_bn=False)).freeze_bn is False
+    path = train_encoder(digits_folder, tmp_path / "h.pt", method="hashnet", backbone="efficientnet_lite0", bits=16,
+                         config=TrainConfig(epochs=1, lr=0.0, device="cpu"), encoder_kwargs={"input_size": 32},
+                         progress=False)
+    assert torch.load(path, weights_only=True)["extra"]["train_config"]["freeze_bn"] is True
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    # The flag wins over the recipe (a backbone trained from scratch defaults to False).
+    out = tmp_path / "c.pt"
+    result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(out), "--method", "hashnet",
+                                       "--bits", "16", "--epochs", "1", "--lr", "0", "--freeze-bn"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(out, weights_only=True)["extra"]["train_config"]["freeze_bn"] is True
+
+
 def test_backbone_rate_is_scaled(images):
     seen = []
 
@@ -183,6 +223,34 @@ def test_bit_balance_term_is_logged_and_spreads_the_bits(images):
     history = train_model(model, images, TrainConfig(epochs=1, batch_size=60, bit_balance=1.0, quantization=0.5),
                           progress=False)
     assert {"classification", "bit_balance", "quantization", "loss"} <= set(history[0])
+
+
+def test_dlbhc_balances_its_bits_by_default_on_a_pretrained_backbone(tmp_path, digits_folder):
+    weight = DLBHC.pretrained_recipe["bit_balance"]
+    assert weight > 0 and PRETRAINED_RECIPE["bit_balance"] == PRETRAINED_RECIPE["quantization"] == 0.0
+    assert resolve_train_config(_lite("dlbhc")).bit_balance == weight
+    for others in (_lite("hashnet"), _lite("dlbhc", pretrained=False), _common_recipe_model()):
+        assert (resolve_train_config(others).bit_balance, resolve_train_config(others).quantization) == (0.0, 0.0)
+    assert resolve_train_config(_lite("dlbhc"), TrainConfig(bit_balance=0.0)).bit_balance == 0.0
+    # A real (tiny) training run at the defaults adds the term and the model file records its weight.
+    path = train_encoder(digits_folder, tmp_path / "d.pt", method="dlbhc", backbone="efficientnet_lite0", bits=16,
+                         config=TrainConfig(epochs=1, device="cpu"), encoder_kwargs={"input_size": 32},
+                         progress=False)
+    extra = torch.load(path, weights_only=True)["extra"]
+    assert extra["train_config"]["bit_balance"] == weight and extra["history"][0]["bit_balance"] > 0
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    # Through the CLI (small_cnn, trained from scratch): no term by default, the flag adds one.
+    for flags, recorded in (([], 0.0), (["--bit-balance", "0.5"], 0.5)):
+        out = tmp_path / f"c{recorded}.pt"
+        result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(out), "--method", "dlbhc",
+                                           "--bits", "16", "--epochs", "1", *flags])
+        assert result.exit_code == 0, result.output
+        saved = torch.load(out, weights_only=True)["extra"]
+        assert saved["train_config"]["bit_balance"] == recorded
+        assert ("bit_balance" in saved["history"][0]) == bool(recorded)
 
 
 def test_collapsed_codes_warn(images):
