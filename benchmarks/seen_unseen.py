@@ -272,18 +272,21 @@ METHODS = {
     "proxy_anchor_trunk_blur": MethodSetup("Proxy-Anchor hash from DLBHC, noise aug., blur stem",
                                            "proxy_anchor_hash", encoder_kwargs=BLUR_STEM, init_trunk_from="dlbhc_blur",
                                            epochs_scale=0.5, augment="shift_noise"),
-    # The recipe with its hash layer refit after training (the same trained network): ITQ of F7,
-    # or double-bit quantisation of unit-length F7 (encoders.code_fit).
-    "proxy_anchor_blur_itq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, ITQ codes", "proxy_anchor_hash",
-                                         encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12, code_fit="itq",
-                                         refit_of="proxy_anchor_blur"),
-    "proxy_anchor_blur_dbq": MethodSetup("Proxy-Anchor hash, noise aug., blur stem, DBQ codes", "proxy_anchor_hash",
-                                         encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=12, code_fit="dbq",
-                                         refit_of="proxy_anchor_blur"),
     # The blur recipe with a wider blur (sd 1.5 px), at the budget's epochs.
     "proxy_anchor_blur15": MethodSetup("Proxy-Anchor hash, noise aug., blur stem sd 1.5", "proxy_anchor_hash",
                                        encoder_kwargs={**BLUR_STEM, "blur_sigma": 1.5}, augment="shift_noise"),
 }
+
+
+def _refit(key: str, code_fit: str, name: str) -> MethodSetup:
+    """``METHODS[key]`` with its hash layer refit after training (``code_fit``), on the same trained network."""
+    base = METHODS[key]
+    return replace(base, label=f"{base.label}, {name} codes", code_fit=code_fit, refit_of=key)
+
+
+# The recipe refit: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
+METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
+METHODS["proxy_anchor_blur_dbq"] = _refit("proxy_anchor_blur", "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")

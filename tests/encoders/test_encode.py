@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from encoders import create_encoder, memory
-from encoders.data import list_images
-from encoders.data import decode_rgb
+from encoders.data import decode_rgb, list_images
 from encoders.encode import SKIPPED_REPORT, encode_files, encode_folder, encode_images
 from hashindex import ShardReader
 
