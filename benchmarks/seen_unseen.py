@@ -380,6 +380,8 @@ def run_partition(partition: Partition, images: np.ndarray, labels: np.ndarray, 
     rng = np.random.default_rng(partition.seed)
     names = [str(c) for c in CLASSES]
     out = []
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         folders = {
