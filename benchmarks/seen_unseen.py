@@ -287,16 +287,20 @@ def _refit(key: str, code_fit: str, name: str) -> MethodSetup:
 
 
 # The recipe's network made to generalise to classes it never saw, each with its DBQ refit: trained on
-# (class, quarter turn) pairs (28 proxies for 7 classes), a 512-d F7, a trunk 1.5 x as wide.
+# (class, quarter turn) pairs (28 proxies for 7 classes), a 512-d F7, a trunk 1.5 x as wide, and the
+# first two together.
 _RECIPE = METHODS["proxy_anchor_blur"]
+_F7_512 = {**BLUR_STEM, "feature_dim": 512}
 METHODS["proxy_anchor_blur_rot"] = replace(_RECIPE, label=f"{_RECIPE.label}, rotation classes", label_rotations=True)
-METHODS["proxy_anchor_blur_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, F7 512",
-                                            encoder_kwargs={**BLUR_STEM, "feature_dim": 512})
+METHODS["proxy_anchor_blur_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, F7 512", encoder_kwargs=_F7_512)
+METHODS["proxy_anchor_blur_rot_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, rotation classes, F7 512",
+                                                label_rotations=True, encoder_kwargs=_F7_512)
 METHODS["proxy_anchor_blur_w48"] = replace(_RECIPE, label=f"{_RECIPE.label}, width 48",
                                            encoder_kwargs={**BLUR_STEM, "width": 48})
 # The refits: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
 METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
-for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48"):
+for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48",
+             "proxy_anchor_blur_rot_f512"):
     METHODS[f"{_key}_dbq"] = _refit(_key, "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
