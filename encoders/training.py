@@ -8,11 +8,6 @@ three-stage schedule is such a list; every other method trains in one stage.
 Seeded per epoch (a resumed run sees the same batches as an uninterrupted one), a progress
 bar with every named loss term, a checkpoint after every epoch and resume from the last
 one, giving the same weights as an uninterrupted run; mixed precision only on a GPU.
-
-``label_rotations`` is self-supervised label augmentation (Lee, Hwang & Shin, ICML 2020): each
-training image is turned by a random multiple of 90 degrees and its label becomes the pair
-(class, turn), so the loss separates 4 x as many classes and the features must hold more of
-each image's shape than telling the classes apart needs. Only training images turn.
 """
 
 from __future__ import annotations
@@ -29,6 +24,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import save_torch_atomic
 from .code_fit import CODE_FITS, check_code_fit, fit_codes
 from .head_init import HEAD_INITS, init_code_layer_from_itq
+from .label_rotations import check_label_rotations, rotate_batch
 from .losses import add_code_terms
 from .memory import keep_freed_memory
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
@@ -39,8 +35,6 @@ LR_SCHEDULES = ("constant", "cosine", "exponential")
 AUGMENTATIONS = (None, "shift", "shift_flip", "shift_noise")
 #: Gaussian pixel noise of ``"shift_noise"``: its sd (pixels in [0, 1]) and the share of images it hits.
 NOISE_SD, NOISE_P = 0.1, 0.5
-#: Quarter turns of ``TrainConfig.label_rotations``: 0, 90, 180 and 270 degrees.
-ROTATIONS = 4
 
 
 @dataclass
@@ -88,9 +82,7 @@ class TrainConfig:
     ``quantization`` and ``bit_balance``, the weights of the terms of
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
-    after the last epoch, see :func:`encoders.code_fit.fit_codes`. ``label_rotations``: train on
-    (class, quarter turn) pairs, see :func:`rotate_batch`; the model must be built with
-    :func:`model_classes` classes.
+    after the last epoch, see :func:`encoders.code_fit.fit_codes`; ``label_rotations``: :mod:`encoders.label_rotations`.
     """
 
     epochs: int | None = None
@@ -125,8 +117,7 @@ class TrainConfig:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
         if self.label_rotations and self.mixup:
-            raise ValueError("label_rotations cannot be combined with mixup: a blend of two images has no one "
-                             "(class, rotation) label; use mixup=0")
+            raise ValueError("label_rotations cannot be combined with mixup (a blend has no one rotation); use mixup=0")
         for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -195,44 +186,6 @@ def resolve_train_config(model, config: TrainConfig | None = None, num_images: i
     elif config.epochs is None and num_images is not None:
         filled["epochs"] = epochs_for_budget(budget, num_images, filled.get("batch_size", config.batch_size))
     return replace(config, **filled)
-
-
-def model_classes(num_classes: int, config: TrainConfig) -> int:
-    """The classes a model trained with ``config`` on ``num_classes`` classes must separate:
-    ``num_classes`` x :data:`ROTATIONS` (class, quarter turn) pairs with ``label_rotations``."""
-    return num_classes * ROTATIONS if config.label_rotations else num_classes
-
-
-def rotate_batch(images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn each of ``images`` ``(n, c, h, w)`` by ``r`` quarter turns (``torch.rot90``), ``r``
-    drawn uniformly from 0-3 per image with ``generator`` (on the CPU); its class index ``y``
-    becomes ``y * 4 + r``. Square images only: a turned image must keep its size."""
-    if images.shape[-2] != images.shape[-1]:
-        raise ValueError(f"label rotations need square images, got {images.shape[-2]} x {images.shape[-1]}")
-    turns = torch.randint(ROTATIONS, (len(images),), generator=generator).to(images.device)
-    turned = images.clone()
-    for r in range(1, ROTATIONS):
-        chosen = turns == r
-        turned[chosen] = torch.rot90(images[chosen], r, dims=(-2, -1))
-    return turned, labels * ROTATIONS + turns
-
-
-def check_label_rotations(model, images: ImageList, config: TrainConfig) -> None:
-    """Refuse ``config.label_rotations`` for ``model`` and ``images`` before training: labelled
-    images, square inputs, and a model built for (class, rotation) pairs."""
-    if not config.label_rotations:
-        return
-    if not images.classes:
-        raise ValueError("label rotations need labelled images (class sub-folders)")
-    _, h, w = model.input_cfg["input_size"]
-    if h != w:
-        raise ValueError(f"label rotations need square inputs, {model.method or type(model).__name__} takes "
-                         f"{h} x {w}")
-    expected = model_classes(len(images.classes), config)
-    if model.num_classes != expected:
-        raise ValueError(f"label rotations: the model must be built with num_classes={expected} ({len(images.classes)} "
-                         f"classes x {ROTATIONS} rotations, see model_classes), got {model.num_classes}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -395,10 +348,9 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
     optimizer = make_optimizer(param_groups, opt_config)
     if loss is None:
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
-    for option in ("mixup", "label_rotations"):
-        if getattr(config, option) and not loss.requires_labels:
-            raise ValueError(f"stage {stage.name!r}: {option} needs a supervised loss, {type(loss).__name__} "
-                             f"uses no labels")
+    flag = next((o for o in ("mixup", "label_rotations") if getattr(config, o)), None)
+    if flag and not loss.requires_labels:
+        raise ValueError(f"stage {stage.name!r}: {flag} needs a supervised loss, {type(loss).__name__} uses no labels")
     return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
 
 
@@ -418,7 +370,7 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
     config = resolve_train_config(model, config, num_images=len(images))
     check_code_fit(model, config.code_fit)
-    check_label_rotations(model, images, config)
+    check_label_rotations(model, images.classes, config.label_rotations)
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)
@@ -470,13 +422,11 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
 def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, use_amp: bool, epoch: int,
                  epoch_in_stage: int, steps_per_epoch: int, total_epochs: int, num_classes: int,
                  progress: bool) -> dict:
-    epoch_seed = config.seed * 100_003 + epoch
-    torch.manual_seed(epoch_seed)
+    torch.manual_seed(config.seed * 100_003 + epoch)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
-                        generator=torch.Generator().manual_seed(epoch_seed))
-    # Its own stream (not the loader's seed): the turns do not move the other draws of the epoch.
-    turns = torch.Generator().manual_seed(epoch_seed + 2**40) if config.label_rotations else None
+                        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    turns = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 2**40)  # own stream: other draws stay
     model.train()
     for module in run.frozen:
         module.eval()  # frozen parts keep their batch-norm statistics and drop no units
@@ -498,7 +448,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
             group["lr"] = lr * group.get("lr_scale", 1.0)
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
-        if turns is not None:
+        if config.label_rotations:
             x, y = rotate_batch(x, y, turns)
         if config.mixup:
             x, y = mixup_batch(x, y, num_classes, config.mixup)
