@@ -235,6 +235,8 @@ class MethodSetup:
     #: refit (:func:`encoders.code_fit.fit_codes`) instead of training again, which gives the same
     #: model (training is seeded and ``code_fit`` acts after the last epoch).
     refit_of: str | None = None
+    #: ``TrainConfig.label_rotations``: train on (class, quarter turn) pairs, 4 x the seen classes.
+    label_rotations: bool = False
 
 
 BLUR_STEM = {"input_size": 32, "blur_sigma": 1.0}
@@ -284,9 +286,22 @@ def _refit(key: str, code_fit: str, name: str) -> MethodSetup:
     return replace(base, label=f"{base.label}, {name} codes", code_fit=code_fit, refit_of=key)
 
 
-# The recipe refit: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
+# The recipe's network made to generalise to classes it never saw, each with its DBQ refit: trained on
+# (class, quarter turn) pairs (28 proxies for 7 classes), a 512-d F7, a trunk 1.5 x as wide, and the
+# first two together.
+_RECIPE = METHODS["proxy_anchor_blur"]
+_F7_512 = {**BLUR_STEM, "feature_dim": 512}
+METHODS["proxy_anchor_blur_rot"] = replace(_RECIPE, label=f"{_RECIPE.label}, rotation classes", label_rotations=True)
+METHODS["proxy_anchor_blur_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, F7 512", encoder_kwargs=_F7_512)
+METHODS["proxy_anchor_blur_rot_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, rotation classes, F7 512",
+                                                label_rotations=True, encoder_kwargs=_F7_512)
+METHODS["proxy_anchor_blur_w48"] = replace(_RECIPE, label=f"{_RECIPE.label}, width 48",
+                                           encoder_kwargs={**BLUR_STEM, "width": 48})
+# The refits: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
 METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
-METHODS["proxy_anchor_blur_dbq"] = _refit("proxy_anchor_blur", "dbq", "DBQ")
+for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48",
+             "proxy_anchor_blur_rot_f512"):
+    METHODS[f"{_key}_dbq"] = _refit(_key, "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
@@ -329,7 +344,7 @@ def train_method(key: str, run: Run) -> tuple[Path, float]:
     epochs = method_epochs(setup, run.budget, run.epochs)
     config = TrainConfig(epochs=epochs, batch_size=run.budget.batch_size, lr=setup.lr, optimizer="adam",
                          lr_schedule="cosine", seed=run.seed, augment=setup.augment, mixup=setup.mixup,
-                         device=run.device, code_fit=setup.code_fit)
+                         device=run.device, code_fit=setup.code_fit, label_rotations=setup.label_rotations)
     path = run.work / f"{key}-{run.bits}.pt"
     if setup.refit_of:
         return refit_method(key, config, run, path)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import save_torch_atomic
 from .code_fit import CODE_FITS, check_code_fit, fit_codes
 from .head_init import HEAD_INITS, init_code_layer_from_itq
+from .label_rotations import check_label_rotations, rotate_batch
 from .losses import add_code_terms
 from .memory import keep_freed_memory
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
@@ -81,7 +82,7 @@ class TrainConfig:
     ``quantization`` and ``bit_balance``, the weights of the terms of
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
-    after the last epoch, see :func:`encoders.code_fit.fit_codes`.
+    after the last epoch, see :func:`encoders.code_fit.fit_codes`; ``label_rotations``: :mod:`encoders.label_rotations`.
     """
 
     epochs: int | None = None
@@ -110,10 +111,13 @@ class TrainConfig:
     step_budget: int | None = None
     head_init: str | None = None
     code_fit: str = "trained"
+    label_rotations: bool = False
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
+        if self.label_rotations and self.mixup:
+            raise ValueError("label_rotations cannot be combined with mixup (a blend has no one rotation); use mixup=0")
         for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -344,8 +348,9 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
     optimizer = make_optimizer(param_groups, opt_config)
     if loss is None:
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
-    if config.mixup and not loss.requires_labels:
-        raise ValueError(f"stage {stage.name!r}: mixup needs a supervised loss, {type(loss).__name__} uses no labels")
+    flag = next((o for o in ("mixup", "label_rotations") if getattr(config, o)), None)
+    if flag and not loss.requires_labels:
+        raise ValueError(f"stage {stage.name!r}: {flag} needs a supervised loss, {type(loss).__name__} uses no labels")
     return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
 
 
@@ -365,6 +370,7 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
     config = resolve_train_config(model, config, num_images=len(images))
     check_code_fit(model, config.code_fit)
+    check_label_rotations(model, images.classes, config.label_rotations)
     stages = resolve_stages(model, config)
     groups = module_groups(model)
     device = resolve_device(config.device)
@@ -420,6 +426,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
                         generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    turns = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 2**40)  # own stream: other draws stay
     model.train()
     for module in run.frozen:
         module.eval()  # frozen parts keep their batch-norm statistics and drop no units
@@ -441,6 +448,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
             group["lr"] = lr * group.get("lr_scale", 1.0)
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
+        if config.label_rotations:
+            x, y = rotate_batch(x, y, turns)
         if config.mixup:
             x, y = mixup_batch(x, y, num_classes, config.mixup)
         with torch.autocast(device.type, enabled=use_amp):

@@ -78,6 +78,9 @@ def fit_feature_encoder(
     ``num_workers`` (feature extraction) and, for iterative methods (``gan_hash``), ``epochs``;
     the GAN's own optimiser settings are encoder keywords (``encoder_kwargs``)."""
     config = config or TrainConfig()
+    if config.label_rotations:
+        raise ValueError(f"{method!r} is fitted on fixed features without labels; label rotations are for trained "
+                         f"supervised methods")
     images = list_images(image_dir, supervised=False)
     model = create_encoder(method, backbone=backbone, bits=bits, seed=config.seed, **(encoder_kwargs or {}))
     if not isinstance(model, FeatureHashModel):

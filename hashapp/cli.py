@@ -124,6 +124,10 @@ def _train_options(fn):
                           "features: ITQ, or two bits per ITQ projection of unit-length features (dbq, "
                           "metric-learning methods; the codes hold classes not trained on better: README "
                           "'Results')."),
+        click.option("--rotation-classes", "label_rotations", is_flag=True, default=False,
+                     help="Train on each image turned by a random multiple of 90 degrees, labelled (class, "
+                          "turn): 4 x the classes, features that hold more shape (supervised methods, square "
+                          "inputs, no --mixup; README 'Results')."),
         click.option("--quantization", type=click.FloatRange(min=0), default=None,
                      help="Weight of a term pulling relaxed bits to +-1 (0 = off) [default: 0]."),
         click.option("--bit-balance", type=click.FloatRange(min=0), default=None,

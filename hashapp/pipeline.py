@@ -21,6 +21,7 @@ from encoders.checkpoint import check_made_by, load_trunk
 from encoders.data import list_images
 from encoders.encode import EncodeReport, encode_files, encode_folder
 from encoders.feature_hashing import is_feature_method
+from encoders.label_rotations import model_classes
 from encoders.training import TrainConfig, resolve_train_config, train_model
 from encoders.unsupervised import fit_feature_encoder
 
@@ -59,8 +60,8 @@ def train_encoder(
     if len(images.classes) < 2:
         raise ValueError(f"{image_dir}: a supervised method needs at least 2 class sub-folders, found {len(images.classes)}")
     torch.manual_seed(config.seed)
-    model = create_encoder(method, backbone=backbone, bits=bits, num_classes=len(images.classes),
-                           **(encoder_kwargs or {}))
+    model = create_encoder(method, backbone=backbone, bits=bits,
+                           num_classes=model_classes(len(images.classes), config.label_rotations), **(encoder_kwargs or {}))
     if init_trunk_from is not None:
         load_trunk(model, init_trunk_from)
     config = resolve_train_config(model, config, num_images=len(images))

@@ -265,6 +265,7 @@ def test_method_epochs_override_own_and_budget(bench):
 def test_every_method_setup_builds_its_model(bench):
     # Catches a recipe whose keywords its method or backbone does not take before a long run does.
     from encoders import create_encoder
+    from encoders.label_rotations import model_classes
 
     for key, setup in bench.METHODS.items():
         assert setup.init_trunk_from is None or setup.init_trunk_from in bench.METHODS, key
@@ -272,7 +273,9 @@ def test_every_method_setup_builds_its_model(bench):
             base = bench.METHODS[setup.refit_of]
             assert setup.code_fit != base.code_fit and base.refit_of is None, key
             assert replace(setup, label=base.label, code_fit=base.code_fit, refit_of=None) == base, key
-        model = create_encoder(setup.method, backbone=setup.backbone, bits=16, num_classes=7, **setup.encoder_kwargs)
+        classes = model_classes(7, setup.label_rotations)
+        model = create_encoder(setup.method, backbone=setup.backbone, bits=16, num_classes=classes,
+                               **setup.encoder_kwargs)
         stem = getattr(getattr(model, "backbone", None), "stem", None)
         assert (getattr(stem, "sigma", 0.0) > 0) == ("blur stem" in setup.label), key
 

@@ -9,6 +9,7 @@ from encoders.bilinear import paper_schedule
 from encoders.data import list_images
 from encoders.losses import HashNetLoss
 from encoders.encode import encode_folder
+from encoders.label_rotations import model_classes, rotate_batch
 from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model, train_transform
 from hashapp.pipeline import train_encoder
 from hashindex.store import ShardReader
@@ -18,7 +19,7 @@ TINY = dict(backbone="small_cnn", width=4, feature_dim=12, input_size=16)
 
 def _model(method, **extra):
     torch.manual_seed(0)
-    return create_encoder(method, bits=16, num_classes=4, **TINY, **extra)
+    return create_encoder(method, bits=16, **{"num_classes": 4, **TINY, **extra})
 
 
 class Interrupted(Exception):
@@ -47,6 +48,9 @@ RESUME_CASES = {
                                                                        lr_schedule="cosine", augment="shift"), 2),
     # Mixup draws its blend weights and partners from the per-epoch seed too.
     "dlbhc-mixup": ("dlbhc", {}, dict(epochs=2, optimizer="adam", lr=1e-3, mixup=0.4), 1),
+    # The quarter turns of label rotations draw from the per-epoch seed too (4 classes x 4 turns).
+    "proxy-anchor-rotations": ("proxy_anchor_hash", {"num_classes": 16},
+                               dict(epochs=2, lr=1e-3, augment="shift_noise", label_rotations=True), 1),
     # Interrupted inside the second stage: its momentum buffers must come back from the checkpoint.
     "bilinear-stages-mid-stage": ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 32}, dict(stages=[
         Stage(1, train=("classifier",), lr=0.5, optimizer="sgd", loss="classification"),
@@ -216,3 +220,83 @@ def test_pixel_noise_hits_the_given_share_of_images_with_the_given_sd():
     from torchvision import transforms
 
     assert isinstance(steps[-1], transforms.Normalize)
+
+
+def _digit_batch(folder, n=64):
+    from encoders.data import ImageFileDataset, image_transform
+
+    dataset = ImageFileDataset(list_images(folder), image_transform(_model("dlbhc").input_cfg))
+    items = [dataset[i] for i in range(0, len(dataset), len(dataset) // n)][:n]
+    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
+
+
+def test_label_rotations_turn_each_image_and_pair_its_class_with_the_turn(digits_folder):
+    images, labels = _digit_batch(digits_folder)
+    turned, pairs = rotate_batch(images, labels, torch.Generator().manual_seed(5))
+    turns = pairs % 4
+    np.testing.assert_array_equal(pairs // 4, labels)
+    assert sorted(set(turns.tolist())) == [0, 1, 2, 3]  # 64 draws: every turn comes up
+    for image, out, r in zip(images.numpy(), turned.numpy(), turns.tolist()):
+        np.testing.assert_array_equal(out, np.rot90(image, r, axes=(1, 2)))  # counter-clockwise quarter turns
+    # Seeded: the same generator seed turns the same images the same way; another seed does not.
+    again, again_pairs = rotate_batch(images, labels, torch.Generator().manual_seed(5))
+    assert torch.equal(again, turned) and torch.equal(again_pairs, pairs)
+    assert not torch.equal(rotate_batch(images, labels, torch.Generator().manual_seed(6))[1], pairs)
+    with pytest.raises(ValueError, match="label rotations need square images, got 16 x 12"):
+        rotate_batch(images[..., :12], labels, torch.Generator())
+
+
+def test_a_model_trained_on_rotation_classes_tells_the_turns_apart(digits_folder, tmp_path):
+    # DLBHC's classifier sees (class, turn) pairs: after training it names the turn of an image.
+    config = TrainConfig(epochs=30, batch_size=32, lr=1e-2, label_rotations=True)
+    kwargs = dict(width=8, feature_dim=32, input_size=16)
+    path = train_encoder(digits_folder, tmp_path / "rot.pt", method="dlbhc", backbone="small_cnn", bits=16,
+                         config=config, encoder_kwargs=kwargs, progress=False)
+    model = load_encoder(path)
+    assert model.num_classes == 16 == model_classes(4, True) and model.class_names == ["0", "1", "2", "3"]
+    assert torch.load(path, weights_only=True)["extra"]["train_config"]["label_rotations"] is True
+    images, labels = _digit_batch(digits_folder)
+    turned, pairs = rotate_batch(images, labels, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        predicted = model(turned).logits.argmax(dim=1)
+    turn_accuracy = float((predicted % 4 == pairs % 4).float().mean())
+    assert turn_accuracy > 0.7, turn_accuracy  # chance: 0.25
+
+
+def test_label_rotations_are_refused_where_they_cannot_apply(digits_folder, tmp_path):
+    images = list_images(digits_folder)
+    with pytest.raises(ValueError, match=r"label_rotations cannot be combined with mixup \(a blend has"):
+        TrainConfig(label_rotations=True, mixup=1.0)
+    config = TrainConfig(epochs=1, batch_size=32, label_rotations=True)
+    with pytest.raises(ValueError, match=r"must be built with num_classes=16 \(4 classes x 4 rotations.*got 4"):
+        train_model(_model("proxy_anchor_hash"), images, config, progress=False)
+    wide = _model("dlbhc", num_classes=16)
+    wide.backbone.input_cfg = {**wide.backbone.input_cfg, "input_size": (3, 16, 12)}
+    with pytest.raises(ValueError, match="label rotations need square inputs, dlbhc takes 16 x 12"):
+        train_model(wide, images, config, progress=False)
+
+    class NoLabels(HashNetLoss):
+        requires_labels = False
+
+    with pytest.raises(ValueError, match="label_rotations needs a supervised loss, NoLabels uses no labels"):
+        train_model(_model("hashnet", num_classes=16), images, config, loss=NoLabels(), progress=False)
+    with pytest.raises(ValueError, match="'itq' is fitted on fixed features without labels; label rotations"):
+        train_encoder(digits_folder, tmp_path / "itq.pt", method="itq", backbone="pixels", bits=16, config=config,
+                      progress=False)
+
+
+def test_train_command_rotation_classes(digits_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from hashapp.cli import main
+
+    args = ["train", str(digits_folder), "--method", "proxy_anchor_hash", "--bits", "16", "--epochs", "1",
+            "--batch-size", "32", "--rotation-classes", "--out", str(tmp_path / "pa.pt")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "pa.pt", weights_only=True)
+    assert saved["extra"]["train_config"]["label_rotations"] is True
+    assert saved["state_dict"]["metric_loss.proxies"].shape == (16, 16)  # 4 classes x 4 turns, 16 bits
+    refused = CliRunner().invoke(main, [*args, "--mixup", "1"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert refused.output.startswith("Error: label_rotations cannot be combined with mixup")
