@@ -235,6 +235,9 @@ class MethodSetup:
     #: refit (:func:`encoders.code_fit.fit_codes`) instead of training again, which gives the same
     #: model (training is seeded and ``code_fit`` acts after the last epoch).
     refit_of: str | None = None
+    #: ``TrainConfig.views``: augmented views of each training image in the batch (a contrastive
+    #: term across them is a model keyword, ``encoder_kwargs["contrastive_weight"]``).
+    views: int = 1
 
 
 BLUR_STEM = {"input_size": 32, "blur_sigma": 1.0}
@@ -287,6 +290,12 @@ def _refit(key: str, code_fit: str, name: str) -> MethodSetup:
 # The recipe refit: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
 METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
 METHODS["proxy_anchor_blur_dbq"] = _refit("proxy_anchor_blur", "dbq", "DBQ")
+# Two augmented views of every training image at half the epochs (the same images seen per run as
+# the 12-epoch recipe): Proxy-Anchor on both views, plus NT-Xent on F7 across the views (weight 0.5).
+METHODS["proxy_anchor_views_ntx"] = MethodSetup(
+    "Proxy-Anchor hash, noise aug., blur stem, 2 views + NT-Xent on F7 (0.5)", "proxy_anchor_hash",
+    encoder_kwargs={**BLUR_STEM, "contrastive_weight": 0.5}, augment="shift_noise", epochs=6, views=2)
+METHODS["proxy_anchor_views_ntx_dbq"] = _refit("proxy_anchor_views_ntx", "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
@@ -329,7 +338,7 @@ def train_method(key: str, run: Run) -> tuple[Path, float]:
     epochs = method_epochs(setup, run.budget, run.epochs)
     config = TrainConfig(epochs=epochs, batch_size=run.budget.batch_size, lr=setup.lr, optimizer="adam",
                          lr_schedule="cosine", seed=run.seed, augment=setup.augment, mixup=setup.mixup,
-                         device=run.device, code_fit=setup.code_fit)
+                         device=run.device, code_fit=setup.code_fit, views=setup.views)
     path = run.work / f"{key}-{run.bits}.pt"
     if setup.refit_of:
         return refit_method(key, config, run, path)

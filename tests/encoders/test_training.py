@@ -47,6 +47,9 @@ RESUME_CASES = {
                                                                        lr_schedule="cosine", augment="shift"), 2),
     # Mixup draws its blend weights and partners from the per-epoch seed too.
     "dlbhc-mixup": ("dlbhc", {}, dict(epochs=2, optimizer="adam", lr=1e-3, mixup=0.4), 1),
+    # Two views of every image (each drawing its own shift and noise) and an NT-Xent term across them.
+    "proxy-anchor-two-views": ("proxy_anchor_hash", {"contrastive_weight": 0.5},
+                               dict(epochs=2, optimizer="adam", lr=1e-3, augment="shift_noise", views=2), 1),
     # Interrupted inside the second stage: its momentum buffers must come back from the checkpoint.
     "bilinear-stages-mid-stage": ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 32}, dict(stages=[
         Stage(1, train=("classifier",), lr=0.5, optimizer="sgd", loss="classification"),
