@@ -296,6 +296,10 @@ METHODS["proxy_anchor_views_ntx"] = MethodSetup(
     "Proxy-Anchor hash, noise aug., blur stem, 2 views + NT-Xent on F7 (0.5)", "proxy_anchor_hash",
     encoder_kwargs={**BLUR_STEM, "contrastive_weight": 0.5}, augment="shift_noise", epochs=6, views=2)
 METHODS["proxy_anchor_views_ntx_dbq"] = _refit("proxy_anchor_views_ntx", "dbq", "DBQ")
+# ... and the second view alone, without the NT-Xent term.
+METHODS["proxy_anchor_views"] = MethodSetup("Proxy-Anchor hash, noise aug., blur stem, 2 views", "proxy_anchor_hash",
+                                            encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=6, views=2)
+METHODS["proxy_anchor_views_dbq"] = _refit("proxy_anchor_views", "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
