@@ -120,20 +120,6 @@ def decode_rgb(source: "str | BinaryIO") -> Image.Image:
             return im.convert("RGB")
 
 
-class Views:
-    """``n`` independent draws of a random ``transform`` of one image, stacked: ``(n, c, h, w)``.
-    The file is decoded once; each view draws its own shift, noise, ... (training with
-    ``TrainConfig.views``: the views of an image are each other's positives)."""
-
-    def __init__(self, transform: Callable, n: int) -> None:
-        if n < 1:
-            raise ValueError(f"views must be >= 1, got {n}")
-        self.transform, self.n = transform, n
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.stack([self.transform(image) for _ in range(self.n)])
-
-
 class ImageFileDataset(Dataset):
     """Items are ``(tensor | None, label, id, error | None)``; unreadable files give ``None``
     and the reason, so a batch can drop them and the caller can list them."""

@@ -26,8 +26,9 @@ from .code_fit import CODE_FITS, check_code_fit, fit_codes
 from .head_init import HEAD_INITS, init_code_layer_from_itq
 from .losses import add_code_terms
 from .memory import keep_freed_memory
-from .data import ImageFileDataset, ImageList, Views, collate_skipping_unreadable, image_transform
+from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
 from .mixup import mixup_batch
+from .views import Views, check_views, view_rows
 
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -82,11 +83,8 @@ class TrainConfig:
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
     after the last epoch, see :func:`encoders.code_fit.fit_codes`.
-
-    ``views`` (1 by default): with 2 or more, each training image is augmented that many
-    times independently and the batch holds every view (``views`` x ``batch_size`` rows, labels
-    repeated); a loss with ``needs_views`` (e.g. ``MetricHash``'s ``contrastive_weight``) also
-    gets each row's image id. Needs ``augment`` (else the views are equal) and no mixup.
+    ``views`` > 1 augments each training image that many times, every view in the batch
+    (:mod:`encoders.views`).
     """
 
     epochs: int | None = None
@@ -120,14 +118,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
-        if self.views < 1:
-            raise ValueError(f"views must be >= 1, got {self.views}")
-        if self.views > 1 and self.augment is None:
-            raise ValueError(f"views={self.views} needs an augmentation (augment), else every view of an image "
-                             "is the same")
-        if self.views > 1 and self.mixup:
-            raise ValueError(f"views={self.views} cannot be combined with mixup: a blend of two images is a view "
-                             "of neither")
+        check_views(self.views, self.augment, self.mixup)
         for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -360,9 +351,7 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
         loss = model.default_loss() if stage.loss is None else create_loss(stage.loss)
     if config.mixup and not loss.requires_labels:
         raise ValueError(f"stage {stage.name!r}: mixup needs a supervised loss, {type(loss).__name__} uses no labels")
-    if loss.needs_views and config.views < 2:
-        raise ValueError(f"stage {stage.name!r}: {type(loss).__name__} compares views of each image (a contrastive "
-                         f"term); train with views >= 2 (--views 2), got views={config.views}")
+    check_views(config.views, config.augment, config.mixup, loss)
     return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
 
 
@@ -459,10 +448,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
             group["lr"] = lr * group.get("lr_scale", 1.0)
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
-        instances = None
-        if config.views > 1:  # (images, views, c, h, w) -> view-major rows: view 0 of every image, then view 1...
-            instances = torch.arange(len(y), device=device).repeat(config.views)
-            x, y = x.transpose(0, 1).flatten(0, 1), y.repeat(config.views)
+        x, y, instances = view_rows(x, y, config.views)
         if config.mixup:
             x, y = mixup_batch(x, y, num_classes, config.mixup)
         with torch.autocast(device.type, enabled=use_amp):

@@ -9,9 +9,10 @@ from click.testing import CliRunner
 from encoders import create_encoder, load_encoder
 from encoders.base import HashOutput
 from encoders.checkpoint import read_encoder_file
-from encoders.data import ImageFileDataset, Views, list_images, load_rgb
+from encoders.data import ImageFileDataset, list_images, load_rgb
 from encoders.metric_hash import CONTRASTIVE_TEMPERATURE, MetricHashLoss, build_metric_loss
 from encoders.training import TrainConfig, train_model, train_transform
+from encoders.views import Views
 from hashapp.cli import main
 from hashapp.pipeline import train_encoder
 from hashindex.datasets import write_image_folder
