@@ -227,7 +227,7 @@ class MethodSetup:
     epochs: int | None = None
     #: This method's epochs as a fraction of the above (a fine-tuning run shorter than its trunk's).
     epochs_scale: float = 1.0
-    #: Training augmentation (``encoders.training.AUGMENTATIONS``).
+    #: Training augmentation (``encoders.augment.AUGMENTATIONS``).
     augment: str = "shift"
     #: ``TrainConfig.code_fit``: how the code layer is set after training.
     code_fit: str = "trained"
@@ -237,6 +237,9 @@ class MethodSetup:
     refit_of: str | None = None
     #: ``TrainConfig.label_rotations``: train on (class, quarter turn) pairs, 4 x the seen classes.
     label_rotations: bool = False
+    #: ``TrainConfig.views``: augmented views of each training image in the batch (a contrastive
+    #: term across them is a model keyword, ``encoder_kwargs["contrastive_weight"]``).
+    views: int = 1
 
 
 BLUR_STEM = {"input_size": 32, "blur_sigma": 1.0}
@@ -302,6 +305,16 @@ METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
 for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48",
              "proxy_anchor_blur_rot_f512"):
     METHODS[f"{_key}_dbq"] = _refit(_key, "dbq", "DBQ")
+# Two augmented views of every training image at half the epochs (the same images seen per run as
+# the 12-epoch recipe): Proxy-Anchor on both views, plus NT-Xent on F7 across the views (weight 0.5).
+METHODS["proxy_anchor_views_ntx"] = MethodSetup(
+    "Proxy-Anchor hash, noise aug., blur stem, 2 views + NT-Xent on F7 (0.5)", "proxy_anchor_hash",
+    encoder_kwargs={**BLUR_STEM, "contrastive_weight": 0.5}, augment="shift_noise", epochs=6, views=2)
+METHODS["proxy_anchor_views_ntx_dbq"] = _refit("proxy_anchor_views_ntx", "dbq", "DBQ")
+# ... and the second view alone, without the NT-Xent term.
+METHODS["proxy_anchor_views"] = MethodSetup("Proxy-Anchor hash, noise aug., blur stem, 2 views", "proxy_anchor_hash",
+                                            encoder_kwargs=BLUR_STEM, augment="shift_noise", epochs=6, views=2)
+METHODS["proxy_anchor_views_dbq"] = _refit("proxy_anchor_views", "dbq", "DBQ")
 #: The anchors the issue names, the trained recipe and its DBQ refit (the recipe: no training of its
 #: own): about 29 min on 2 quiet cores, estimated (README, "Results").
 DEFAULT_METHODS = ("itq_pixels", "dlbhc", "hashnet", "proxy_anchor_blur", "proxy_anchor_blur_dbq")
@@ -344,7 +357,8 @@ def train_method(key: str, run: Run) -> tuple[Path, float]:
     epochs = method_epochs(setup, run.budget, run.epochs)
     config = TrainConfig(epochs=epochs, batch_size=run.budget.batch_size, lr=setup.lr, optimizer="adam",
                          lr_schedule="cosine", seed=run.seed, augment=setup.augment, mixup=setup.mixup,
-                         device=run.device, code_fit=setup.code_fit, label_rotations=setup.label_rotations)
+                         device=run.device, code_fit=setup.code_fit, label_rotations=setup.label_rotations,
+                         views=setup.views)
     path = run.work / f"{key}-{run.bits}.pt"
     if setup.refit_of:
         return refit_method(key, config, run, path)

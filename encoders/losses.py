@@ -17,8 +17,13 @@ class BaseHashLoss(nn.Module):
     class probabilities ``(n, classes)``; supervised losses accept both."""
 
     requires_labels = True
+    #: Whether the loss compares several views of each image (``TrainConfig.views`` >= 2): then
+    #: ``forward`` gets each row's ``instances`` (the id of the image it is a view of) and passes
+    #: them on to ``compute_loss``.
+    needs_views = False
 
-    def forward(self, output: HashOutput, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, output: HashOutput, labels: torch.Tensor | None = None,
+                instances: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.requires_labels:
             if labels is None:
                 raise ValueError(f"{type(self).__name__} needs labels")
@@ -30,7 +35,14 @@ class BaseHashLoss(nn.Module):
                                  f"of shape ({n}, classes), got {tuple(labels.shape)} {labels.dtype}")
             if labels.device != output.codes.device:
                 raise ValueError(f"labels on {labels.device} but codes on {output.codes.device}")
-        terms = self.compute_loss(output, labels)
+        if self.needs_views:
+            n = output.codes.shape[0]
+            if instances is None or instances.shape != (n,):
+                raise ValueError(f"{type(self).__name__} compares views of each image: it needs instance ids of "
+                                 f"shape ({n},) (train with views >= 2)")
+            terms = self.compute_loss(output, labels, instances)
+        else:
+            terms = self.compute_loss(output, labels)
         terms["loss"] = sum(terms.values())
         return terms
 

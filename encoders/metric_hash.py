@@ -11,6 +11,11 @@ Registered variants (one builder, the loss is the only difference):
 - ``ms_hash``: Multi-Similarity loss with the Multi-Similarity miner (Wang et al., 2019);
 - ``supcon_hash``: supervised contrastive loss (Khosla et al., 2020) over the batch.
 
+With ``contrastive_weight`` > 0, training on two augmented views of each image
+(``TrainConfig.views = 2``) adds an instance-level term on F7: NT-Xent (SimCLR, Chen et al.,
+2020), each image's views the positive pair and every other row a negative, whatever their
+class. It asks F7 to keep what tells one image from another, not only the seen classes apart.
+
 The library's losses compare codes by cosine similarity, which for ``+-1`` codes is
 ``1 - 2 d_H / bits``: ranking by it is ranking by Hamming distance once the codes are binary.
 """
@@ -55,20 +60,38 @@ def build_metric_loss(name: str, num_classes: int, bits: int) -> tuple[nn.Module
     raise ValueError(f"unknown metric loss {name!r}; expected one of {', '.join(METRIC_LOSSES)}")
 
 
+#: Temperature of the NT-Xent term, as ``supcon``'s (SimCLR's value for batches of a few hundred rows).
+CONTRASTIVE_TEMPERATURE = 0.1
+
+
+def build_contrastive_loss() -> nn.Module:
+    """The library's NT-Xent loss: called with instance ids as labels, it makes the views of one
+    image the positives."""
+    from pytorch_metric_learning import losses
+
+    return losses.NTXentLoss(temperature=CONTRASTIVE_TEMPERATURE)
+
+
 class MetricHashLoss(BaseHashLoss):
     """``metric`` (the library loss on the relaxed codes) + ``quantization_weight`` x
     :func:`quantization_term` + ``balance_weight`` x :func:`balance_term`, and with
     ``classification_weight`` > 0, that times the cross-entropy of the model's logits (term
-    ``classification``). Needs class indices: mixed (soft) labels are refused."""
+    ``classification``), and with ``contrastive_weight`` > 0, that times NT-Xent on F7 across
+    the views of each image (term ``contrastive``; :attr:`needs_views`). Needs class indices:
+    mixed (soft) labels are refused."""
 
     def __init__(self, metric_loss: nn.Module, miner: nn.Module | None = None, quantization_weight: float = 0.1,
-                 balance_weight: float = 0.1, classification_weight: float = 0.0) -> None:
+                 balance_weight: float = 0.1, classification_weight: float = 0.0,
+                 contrastive_weight: float = 0.0) -> None:
         super().__init__()
         self.metric_loss, self.miner = metric_loss, miner
         self.quantization_weight, self.balance_weight = quantization_weight, balance_weight
         self.classification_weight = classification_weight
+        self.contrastive_weight = contrastive_weight
+        self.contrastive_loss = build_contrastive_loss() if contrastive_weight else None
+        self.needs_views = bool(contrastive_weight)
 
-    def compute_loss(self, output, labels):
+    def compute_loss(self, output, labels, instances=None):
         if labels.ndim != 1:
             raise ValueError("metric-learning hashing needs class indices; it cannot train on mixup's class "
                              "probabilities (use mixup=0)")
@@ -81,6 +104,8 @@ class MetricHashLoss(BaseHashLoss):
             if output.logits is None:
                 raise ValueError("a classification term needs a model that returns logits (classification_weight > 0)")
             terms["classification"] = self.classification_weight * F.cross_entropy(output.logits.float(), labels)
+        if self.contrastive_loss is not None:
+            terms["contrastive"] = self.contrastive_weight * self.contrastive_loss(output.features.float(), instances)
         return terms
 
 
@@ -89,13 +114,17 @@ class MetricHash(HashModel):
     relaxed codes (no logits); the binary code is ``sign``. With ``unit_features`` the layer
     reads F7 scaled to unit length (set by ``TrainConfig.code_fit = "dbq"``,
     :mod:`encoders.code_fit`). The library loss is a child module, so Proxy-Anchor's proxies
-    train with the model and are saved with it."""
+    train with the model and are saved with it. ``contrastive_weight``: see
+    :class:`MetricHashLoss` (it needs ``TrainConfig.views`` >= 2)."""
 
     def __init__(self, net: nn.Module, bits: int, num_classes: int, *, loss: str = "proxy_anchor",
                  quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
-                 classification_weight: float = 0.0, unit_features: bool = False, **config) -> None:
+                 classification_weight: float = 0.0, unit_features: bool = False, contrastive_weight: float = 0.0,
+                 **config) -> None:
         if not num_classes or num_classes < 2:
             raise ValueError(f"metric-learning hashing needs num_classes >= 2, got {num_classes}")
+        if contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0 (0 = off), got {contrastive_weight}")
         metric_loss, miner = build_metric_loss(loss, num_classes, bits)
         super().__init__(net, bits, num_classes, **config)
         self.method = VARIANTS_BY_LOSS[loss]
@@ -113,6 +142,9 @@ class MetricHash(HashModel):
                            classification_weight=classification_weight)
         if unit_features:  # recorded only when on: files saved before the option keep their identity
             self.config["unit_features"] = True
+        self.contrastive_weight = contrastive_weight
+        if contrastive_weight:  # likewise
+            self.config["contrastive_weight"] = contrastive_weight
         if loss == "proxy_anchor":  # the only loss with parameters (and the only builder taking the keyword)
             self.config["proxy_lr_scale"] = proxy_lr_scale
 
@@ -139,7 +171,7 @@ class MetricHash(HashModel):
 
     def default_loss(self) -> MetricHashLoss:
         return MetricHashLoss(self.metric_loss, self.miner, self.quantization_weight, self.balance_weight,
-                              self.classification_weight)
+                              self.classification_weight, self.contrastive_weight)
 
 
 def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, backbone_kwargs: dict,
@@ -152,33 +184,37 @@ def _metric_hash(loss: str, backbone: str, bits: int, num_classes: int, backbone
 def proxy_anchor_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
                       quantization_weight: float = 0.1, balance_weight: float = 0.1, proxy_lr_scale: float = 1.0,
                       classification_weight: float = 0.0, unit_features: bool = False,
-                      **backbone_kwargs) -> MetricHash:
+                      contrastive_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
     """Proxy-Anchor loss on tanh codes, the proxies learning ``proxy_lr_scale`` times faster
     than the network, plus ``classification_weight`` x a classifier's cross-entropy on the
-    codes; extra keywords go to the backbone builder."""
+    codes and ``contrastive_weight`` x NT-Xent on F7 across views (:class:`MetricHashLoss`);
+    extra keywords go to the backbone builder."""
     return _metric_hash("proxy_anchor", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
                         proxy_lr_scale=proxy_lr_scale, classification_weight=classification_weight,
-                        unit_features=unit_features)
+                        unit_features=unit_features, contrastive_weight=contrastive_weight)
 
 
 @register_encoder
 def ms_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10, quantization_weight: float = 0.1,
             balance_weight: float = 0.1, classification_weight: float = 0.0, unit_features: bool = False,
-            **backbone_kwargs) -> MetricHash:
-    """Multi-Similarity loss and miner on tanh codes (plus an optional classification term, as
-    :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
+            contrastive_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+    """Multi-Similarity loss and miner on tanh codes (plus optional classification and
+    contrastive terms, as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("multi_similarity", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
-                        classification_weight=classification_weight, unit_features=unit_features)
+                        classification_weight=classification_weight, unit_features=unit_features,
+                        contrastive_weight=contrastive_weight)
 
 
 @register_encoder
 def supcon_hash(backbone: str = "small_cnn", bits: int = 64, num_classes: int = 10,
                 quantization_weight: float = 0.1, balance_weight: float = 0.1, classification_weight: float = 0.0,
-                unit_features: bool = False, **backbone_kwargs) -> MetricHash:
-    """Supervised contrastive loss over the batch on tanh codes (plus an optional classification
-    term, as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
+                unit_features: bool = False, contrastive_weight: float = 0.0, **backbone_kwargs) -> MetricHash:
+    """Supervised contrastive loss over the batch on tanh codes (with ``TrainConfig.views = 2``:
+    SupCon across two views of each image; plus optional classification and contrastive terms,
+    as :func:`proxy_anchor_hash`); extra keywords go to the backbone builder."""
     return _metric_hash("supcon", backbone, bits, num_classes, backbone_kwargs,
                         quantization_weight=quantization_weight, balance_weight=balance_weight,
-                        classification_weight=classification_weight, unit_features=unit_features)
+                        classification_weight=classification_weight, unit_features=unit_features,
+                        contrastive_weight=contrastive_weight)

@@ -27,14 +27,13 @@ from .head_init import HEAD_INITS, init_code_layer_from_itq
 from .label_rotations import check_label_rotations, rotate_batch
 from .losses import add_code_terms
 from .memory import keep_freed_memory
-from .data import ImageFileDataset, ImageList, collate_skipping_unreadable, image_transform
+from .augment import AUGMENTATIONS, train_transform  # noqa: F401 - AUGMENTATIONS: the choices of TrainConfig.augment
+from .data import ImageFileDataset, ImageList, collate_skipping_unreadable
 from .mixup import mixup_batch
+from .views import Views, check_views, view_rows
 
 CHECKPOINT_NAME = "last.pt"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-AUGMENTATIONS = (None, "shift", "shift_flip", "shift_noise")
-#: Gaussian pixel noise of ``"shift_noise"``: its sd (pixels in [0, 1]) and the share of images it hits.
-NOISE_SD, NOISE_P = 0.1, 0.5
 
 
 @dataclass
@@ -83,6 +82,8 @@ class TrainConfig:
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
     after the last epoch, see :func:`encoders.code_fit.fit_codes`; ``label_rotations``: :mod:`encoders.label_rotations`.
+    ``views`` > 1 augments each training image that many times, every view in the batch
+    (:mod:`encoders.views`).
     """
 
     epochs: int | None = None
@@ -100,7 +101,7 @@ class TrainConfig:
     lr_end: float | None = None
     stages: list[Stage] | None = None
     amp: bool = True
-    augment: str | None = None  #: one of :data:`AUGMENTATIONS`, see :func:`train_transform`
+    augment: str | None = None  #: one of :data:`encoders.augment.AUGMENTATIONS`, see :func:`~encoders.augment.train_transform`
     mixup: float = 0.0  #: Beta parameter of :func:`encoders.mixup.mixup_batch`; 0 = no mixup
     backbone_lr_scale: float | None = None
     warmup_epochs: int | None = None
@@ -112,12 +113,14 @@ class TrainConfig:
     head_init: str | None = None
     code_fit: str = "trained"
     label_rotations: bool = False
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
         if self.label_rotations and self.mixup:
             raise ValueError("label_rotations cannot be combined with mixup (a blend has no one rotation); use mixup=0")
+        check_views(self.views, self.augment, self.mixup)
         for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -201,42 +204,6 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'adam' or 'sgd'")
-
-
-def train_transform(input_cfg: dict, augment: str | None = None):
-    """The encoder's test-time transform, plus, when ``augment`` is set, a random shift of up
-    to 1/8 of the image (reflect-padded, then cropped back to size: the scale the encoder
-    sees at test time is kept), for ``"shift_flip"`` a random horizontal flip, and for
-    ``"shift_noise"`` Gaussian pixel noise on some images (:class:`PixelNoise`)."""
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTATIONS}")
-    if augment is None:
-        return image_transform(input_cfg)
-    from torchvision import transforms
-
-    _, h, w = input_cfg["input_size"]
-    steps = [transforms.Resize((h, w)),
-             transforms.RandomCrop((h, w), padding=(max(1, w // 8), max(1, h // 8)), padding_mode="reflect")]
-    if augment == "shift_flip":
-        steps.append(transforms.RandomHorizontalFlip())
-    steps.append(transforms.ToTensor())
-    if augment == "shift_noise":
-        steps.append(PixelNoise(NOISE_SD, NOISE_P))
-    steps.append(transforms.Normalize(input_cfg["mean"], input_cfg["std"]))
-    return transforms.Compose(steps)
-
-
-class PixelNoise:
-    """With probability ``p``, add Gaussian noise of sd ``sd`` to an image tensor in [0, 1]
-    and clip it back: queries from noisy cameras or scans. Draws from torch's global generator."""
-
-    def __init__(self, sd: float, p: float = 1.0) -> None:
-        self.sd, self.p = sd, p
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if float(torch.rand(())) >= self.p:
-            return image
-        return (image + self.sd * torch.randn_like(image)).clamp(0, 1)
 
 
 def resolve_stages(model, config: TrainConfig) -> list[Stage]:
@@ -351,6 +318,7 @@ def _start_stage(model, groups, index: int, stage: Stage, config: TrainConfig, l
     flag = next((o for o in ("mixup", "label_rotations") if getattr(config, o)), None)
     if flag and not loss.requires_labels:
         raise ValueError(f"stage {stage.name!r}: {flag} needs a supervised loss, {type(loss).__name__} uses no labels")
+    check_views(config.views, config.augment, config.mixup, loss)
     return _StageRun(index, stage, frozen, optimizer, loss, torch.amp.GradScaler("cuda", enabled=use_amp))
 
 
@@ -376,7 +344,8 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
     device = resolve_device(config.device)
     model.to(device)
     use_amp = config.amp and device.type == "cuda"
-    dataset = ImageFileDataset(images, train_transform(model.input_cfg, config.augment))
+    transform = train_transform(model.input_cfg, config.augment)
+    dataset = ImageFileDataset(images, Views(transform, config.views) if config.views > 1 else transform)
     if config.mixup and not images.classes:
         raise ValueError("mixup needs labelled images (class sub-folders)")
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
@@ -448,13 +417,14 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
             group["lr"] = lr * group.get("lr_scale", 1.0)
         model.on_train_step(stage_step)
         x, y = batch.images.to(device), batch.labels.to(device)
+        x, y, instances = view_rows(x, y, config.views)
         if config.label_rotations:
             x, y = rotate_batch(x, y, turns)
         if config.mixup:
             x, y = mixup_batch(x, y, num_classes, config.mixup)
         with torch.autocast(device.type, enabled=use_amp):
             out = model(x)
-            terms = run.loss(out, y)
+            terms = run.loss(out, y, instances=instances)
             if config.quantization or config.bit_balance:
                 terms = add_code_terms(terms, model.signed_codes(out.codes), config.quantization,
                                        config.bit_balance)

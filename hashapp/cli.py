@@ -10,8 +10,8 @@ import click
 from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
-# encoders.training's LR_SCHEDULES and AUGMENTATIONS, encoders.head_init's HEAD_INITS and encoders.code_fit's
-# CODE_FITS, spelled out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
+# encoders.training's LR_SCHEDULES, encoders.augment's AUGMENTATIONS, encoders.head_init's HEAD_INITS and
+# encoders.code_fit's CODE_FITS, spelled out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
 HEAD_INIT_CHOICES = ("random", "itq")
@@ -133,10 +133,29 @@ def _train_options(fn):
         click.option("--bit-balance", type=click.FloatRange(min=0), default=None,
                      help="Weight of a term making each bit on for half the batch (0 = off); spreads "
                           "near-constant bits [default: 1 for DLBHC on a pretrained backbone, else 0]."),
+        # Two views per image and the contrastive term across them (README "Results", "Seen / unseen classes").
+        click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Augment each training image this many times independently, every view in the batch "
+                          "(needs --augment; not with --mixup)."),
+        click.option("--contrastive-weight", type=click.FloatRange(min=0), default=None,
+                     help="Metric-learning methods: weight of an NT-Xent term on F7 that pulls the views of each "
+                          "image together and pushes other images apart (needs --views 2) [default: 0]."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _encoder_kwargs(method: str, contrastive_weight: float | None) -> dict:
+    """The model keywords among the training options (the rest go to :func:`_train_config`)."""
+    if contrastive_weight is None:
+        return {}
+    from encoders.metric_hash import VARIANTS_BY_LOSS
+
+    if method not in VARIANTS_BY_LOSS.values():
+        raise ValueError(f"--contrastive-weight is for the metric-learning methods "
+                         f"({', '.join(VARIANTS_BY_LOSS.values())}), not {method!r}")
+    return {"contrastive_weight": contrastive_weight}
 
 
 def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device, checkpoint_dir=None,
@@ -160,7 +179,7 @@ def _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Encoder file whose trained backbone this one starts from (e.g. a DLBHC model for HashNet).")
 def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, checkpoint_dir, resume, init_from, **recipe):
+          seed, device, checkpoint_dir, resume, init_from, contrastive_weight, **recipe):
     """Train an encoder on IMAGE_DIR and save it to --out.
 
     Supervised methods need one sub-folder per class; unsupervised ones (lsh, itq, gan_hash, ...)
@@ -170,7 +189,8 @@ def train(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimi
     config = _train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup, seed, device,
                            checkpoint_dir, resume, **recipe)
     path = train_encoder(image_dir, out, method=method, backbone=backbone, bits=bits, config=config,
-                         init_trunk_from=init_from, progress=_progress())
+                         encoder_kwargs=_encoder_kwargs(method, contrastive_weight), init_trunk_from=init_from,
+                         progress=_progress())
     _echo_training_summary(path)
     click.echo(f"saved encoder to {path}")
 
@@ -310,13 +330,13 @@ def eval_cmd(index_dir, query_shards, database, k, map_k, unseen, out):
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build.")
 def build(image_dir, out, method, backbone, bits, epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
-          seed, device, spec, model_path, shard_size, resume, **recipe):
+          seed, device, spec, model_path, shard_size, resume, contrastive_weight, **recipe):
     """Train, encode and index IMAGE_DIR in one go."""
     from . import pipeline
 
     result = pipeline.build(image_dir, out, model_path=model_path, spec=spec, shard_size=shard_size,
                             batch_size=batch_size or 64, resume=resume, method=method, backbone=backbone,
-                            bits=bits, progress=_progress(),
+                            bits=bits, progress=_progress(), encoder_kwargs=_encoder_kwargs(method, contrastive_weight),
                             config=_train_config(epochs, batch_size, lr, optimizer, lr_schedule, augment, mixup,
                                                  seed, device, **recipe))
     if model_path is None:

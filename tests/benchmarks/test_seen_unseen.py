@@ -322,3 +322,19 @@ def test_a_refit_row_reuses_the_trained_network(bench, tmp_path, monkeypatch):
         for name in ("seen_mAP_f7", "unseen_mAP_f7", "unseen_vote_f7"):
             assert rows[key][name] == trained[name], (key, name)
         assert rows[key]["seen_mAP"] != trained["seen_mAP"], key
+
+
+def test_a_two_view_row_trains_with_two_views_and_its_refit_reuses_it(bench, tmp_path, monkeypatch):
+    configs = []
+
+    def spy(image_dir, out, *, config, encoder_kwargs, **kwargs):
+        configs.append((config, encoder_kwargs))
+        return out
+
+    monkeypatch.setattr(bench, "train_encoder", spy)
+    budget = bench.Budget(train_images=10, database_per_class=1, queries_per_class=1, epochs=4)
+    run = bench.Run({"train": tmp_path}, 10, tmp_path, budget, 64, 0, "cpu", False)
+    bench.train_method("proxy_anchor_views_ntx", run)
+    (config, kwargs), = configs
+    assert (config.views, config.epochs, config.augment, kwargs["contrastive_weight"]) == (2, 6, "shift_noise", 0.5)
+    assert bench.METHODS["proxy_anchor_views_ntx_dbq"].refit_of == "proxy_anchor_views_ntx"

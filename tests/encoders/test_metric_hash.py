@@ -98,15 +98,19 @@ def test_proxies_are_trained_saved_and_loaded(tmp_path):
     np.testing.assert_array_equal(loaded.encode(x)[0], model.encode(x)[0])
 
 
-@pytest.mark.parametrize("method,extra", [("proxy_anchor_hash", {}), ("ms_hash", {}),
-                                          ("proxy_anchor_hash", {"blur_sigma": 0.8})])
-def test_training_beats_chance_on_a_tiny_set(method, extra, digits_folder, tmp_path):
+@pytest.mark.parametrize("method,extra,training", [
+    ("proxy_anchor_hash", {}, {}), ("ms_hash", {}, {}), ("proxy_anchor_hash", {"blur_sigma": 0.8}, {}),
+    ("proxy_anchor_hash", {"contrastive_weight": 0.5}, {"augment": "shift_noise", "views": 2})])
+def test_training_beats_chance_on_a_tiny_set(method, extra, training, digits_folder, tmp_path):
     # 4 classes x 30 digits: vote among each image's 8 nearest codes (itself left out);
-    # chance is 0.25. With a blur stem too (encoders/backbones/blur.py).
+    # chance is 0.25. With a blur stem too (encoders/backbones/blur.py), and with two views of
+    # each image and the NT-Xent term across them (tests/encoders/test_views.py).
     images = list_images(digits_folder, supervised=True)
     model = _tiny(method, **extra)
-    history = train_model(model, images, TrainConfig(epochs=8, batch_size=24, lr=3e-3, device="cpu"), progress=False)
-    assert history[-1]["loss"] < history[0]["loss"]
+    history = train_model(model, images, TrainConfig(epochs=8, batch_size=24, lr=3e-3, device="cpu", **training),
+                          progress=False)
+    for term in ("loss", *(["contrastive"] if "contrastive_weight" in extra else [])):
+        assert history[-1][term] < history[0][term], term
     encode_folder(model.eval(), digits_folder, tmp_path / "codes", progress=False)
     data = ShardReader(tmp_path / "codes").read(("codes", "labels"))
     index = HashIndex(bits=16)

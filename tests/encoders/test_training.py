@@ -10,7 +10,8 @@ from encoders.data import list_images
 from encoders.losses import HashNetLoss
 from encoders.encode import encode_folder
 from encoders.label_rotations import model_classes, rotate_batch
-from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model, train_transform
+from encoders.augment import PixelNoise, train_transform
+from encoders.training import Stage, TrainConfig, learning_rate, resolve_stages, train_model
 from hashapp.pipeline import train_encoder
 from hashindex.store import ShardReader
 
@@ -51,6 +52,9 @@ RESUME_CASES = {
     # The quarter turns of label rotations draw from the per-epoch seed too (4 classes x 4 turns).
     "proxy-anchor-rotations": ("proxy_anchor_hash", {"num_classes": 16},
                                dict(epochs=2, lr=1e-3, augment="shift_noise", label_rotations=True), 1),
+    # Two views of every image (each drawing its own shift and noise) and an NT-Xent term across them.
+    "proxy-anchor-two-views": ("proxy_anchor_hash", {"contrastive_weight": 0.5},
+                               dict(epochs=2, optimizer="adam", lr=1e-3, augment="shift_noise", views=2), 1),
     # Interrupted inside the second stage: its momentum buffers must come back from the checkpoint.
     "bilinear-stages-mid-stage": ("bilinear_hashnet", {"pooling": "compact", "sketch_dim": 32}, dict(stages=[
         Stage(1, train=("classifier",), lr=0.5, optimizer="sgd", loss="classification"),
@@ -203,7 +207,6 @@ def test_shift_augmentation_keeps_size_and_scale():
 
 
 def test_pixel_noise_hits_the_given_share_of_images_with_the_given_sd():
-    from encoders.training import PixelNoise
 
     grey = torch.full((1, 20, 20), 0.5)
     torch.manual_seed(0)

@@ -181,7 +181,8 @@ def test_train_command_starts_from_a_trained_trunk(tmp_path, digits_folder):
 def test_training_choices_match_the_training_loop():
     from encoders.code_fit import CODE_FITS
     from encoders.head_init import HEAD_INITS
-    from encoders.training import AUGMENTATIONS, LR_SCHEDULES
+    from encoders.augment import AUGMENTATIONS
+    from encoders.training import LR_SCHEDULES
     from hashapp.cli import AUGMENT_CHOICES, CODE_FIT_CHOICES, HEAD_INIT_CHOICES, LR_SCHEDULE_CHOICES
 
     assert LR_SCHEDULE_CHOICES == LR_SCHEDULES
