@@ -227,7 +227,7 @@ def _digit_batch(folder, n=64):
 
     dataset = ImageFileDataset(list_images(folder), image_transform(_model("dlbhc").input_cfg))
     items = [dataset[i] for i in range(0, len(dataset), len(dataset) // n)][:n]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
 
 
 def test_label_rotations_turn_each_image_and_pair_its_class_with_the_turn(digits_folder):
