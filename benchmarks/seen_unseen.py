@@ -294,18 +294,18 @@ METHODS["proxy_anchor_blur_f512"] = replace(_RECIPE, label=f"{_RECIPE.label}, F7
                                             encoder_kwargs={**BLUR_STEM, "feature_dim": 512})
 METHODS["proxy_anchor_blur_w48"] = replace(_RECIPE, label=f"{_RECIPE.label}, width 48",
                                            encoder_kwargs={**BLUR_STEM, "width": 48})
-# Rotation classes made to keep the seen classes compact (qc7): the rotation-trained network's trunk (F7
+# Rotation classes made to keep the seen classes compact: the rotation-trained network's trunk (F7
 # included) fine-tuned upright on the 7 seen classes, the recipe otherwise, for a third of its epochs (4 of 12):
 # a new hash layer and 7 proxies; or the rotation classes trained twice as long (28 classes, 4 x the work).
 _ROT = METHODS["proxy_anchor_blur_rot"]
 METHODS["proxy_anchor_blur_rot_up"] = replace(_RECIPE, label=f"{_RECIPE.label}, upright fine-tune of the rotation "
                                               "trunk", init_trunk_from="proxy_anchor_blur_rot", epochs_scale=1 / 3)
 METHODS["proxy_anchor_blur_rot24"] = replace(_ROT, label=f"{_ROT.label}, 24 epochs", epochs=24)
-_QC_KEYS = ("proxy_anchor_blur_rot_up", "proxy_anchor_blur_rot24")
+_ROT_KEYS = ("proxy_anchor_blur_rot_up", "proxy_anchor_blur_rot24")
 # The refits: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
 METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
 for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48",
-             *_QC_KEYS):
+             *_ROT_KEYS):
     METHODS[f"{_key}_dbq"] = _refit(_key, "dbq", "DBQ")
 #: The anchors the issue names, the recipe's trained network (a rotation-class trunk, then upright; the trunk
 #: is trained but not scored) and its DBQ refit (the recipe: no training of its own): about 33 min on 2 quiet
