@@ -338,3 +338,30 @@ def test_a_two_view_row_trains_with_two_views_and_its_refit_reuses_it(bench, tmp
     (config, kwargs), = configs
     assert (config.views, config.epochs, config.augment, kwargs["contrastive_weight"]) == (2, 6, "shift_noise", 0.5)
     assert bench.METHODS["proxy_anchor_views_ntx_dbq"].refit_of == "proxy_anchor_views_ntx"
+
+
+def test_the_upright_row_fine_tunes_the_rotation_trunk(bench, tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.BUDGETS, "digits", bench.Budget(train_images=70, database_per_class=8,
+                                                              queries_per_class=4, epochs=1, batch_size=16))
+    calls = []
+    real_train_encoder = bench.train_encoder
+
+    def spy(image_dir, out, *, config, init_trunk_from=None, **kwargs):
+        calls.append((out, config.label_rotations, config.epochs, init_trunk_from))
+        return real_train_encoder(image_dir, out, config=config, init_trunk_from=init_trunk_from, **kwargs)
+
+    monkeypatch.setattr(bench, "train_encoder", spy)
+    threads = torch.get_num_threads()
+    try:
+        payload = bench.main(["--dataset", "digits", "--partitions", "tune", "--only", "tune0", "--methods",
+                              "proxy_anchor_blur_rot_up,proxy_anchor_blur_rot_up_dbq", "--bits", "16", "--epochs",
+                              "3", "--threads", "1", "--conditions", "shifted+noisy", "--out", str(tmp_path / "out"),
+                              "--work-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    # The rotation trunk trains first (all 3 epochs, 4 turns), then the upright row from its file for a third.
+    (trunk, turns, trunk_epochs, start), (_, upright_turns, epochs, upright_start) = calls
+    assert (turns, trunk_epochs, start) == (True, 3, None)
+    assert (upright_turns, epochs, upright_start) == (False, 1, trunk)
+    assert [(row["method"], row["epochs"]) for row in payload["rows"]] == [
+        ("proxy_anchor_blur_rot_up", 1), ("proxy_anchor_blur_rot_up_dbq", 1)]

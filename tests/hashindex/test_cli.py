@@ -275,3 +275,23 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "neighbours.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["mAP@1000"] == figures["mAP@1000"]
     assert figures["vote_accuracy"] > 0.5 and any("mAP@1000" in line for line in lines)
+
+
+def test_train_command_fine_tunes_a_rotation_trained_trunk_upright(tmp_path, digits_folder):
+    # The README's two-step recipe: rotation classes (4 classes x 4 turns), then the same method upright from
+    # that trunk with 4 proxies and the DBQ code layer.
+    import torch
+
+    from encoders import load_encoder
+
+    recipe = [str(digits_folder), *TINY, "--method", "proxy_anchor_hash", "--augment", "shift_noise"]
+    first = CliRunner().invoke(main, ["train", *recipe, "--rotation-classes", "--out", str(tmp_path / "rot.pt")])
+    assert first.exit_code == 0, first.output
+    result = CliRunner().invoke(main, ["train", *recipe, "--init-from", str(tmp_path / "rot.pt"), "--code-fit", "dbq",
+                                       "--out", str(tmp_path / "pa.pt")])
+    assert result.exit_code == 0, result.output
+    rot, upright = load_encoder(tmp_path / "rot.pt"), load_encoder(tmp_path / "pa.pt")
+    assert [len(m.metric_loss.proxies) for m in (rot, upright)] == [16, 4]
+    assert upright.class_names == ["0", "1", "2", "3"]
+    config = torch.load(tmp_path / "pa.pt", weights_only=True)["extra"]["train_config"]
+    assert (config["label_rotations"], config["code_fit"]) == (False, "dbq")
