@@ -248,8 +248,8 @@ def test_label_rotations_turn_each_image_and_pair_its_class_with_the_turn(digits
 
 def test_a_model_trained_on_rotation_classes_tells_the_turns_apart(digits_folder, tmp_path):
     # DLBHC's classifier sees (class, turn) pairs: after training it names the turn of an image.
-    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, label_rotations=True)
-    kwargs = {k: v for k, v in TINY.items() if k != "backbone"}
+    config = TrainConfig(epochs=30, batch_size=32, lr=1e-2, label_rotations=True)
+    kwargs = dict(width=8, feature_dim=32, input_size=16)
     path = train_encoder(digits_folder, tmp_path / "rot.pt", method="dlbhc", backbone="small_cnn", bits=16,
                          config=config, encoder_kwargs=kwargs, progress=False)
     model = load_encoder(path)
@@ -260,7 +260,7 @@ def test_a_model_trained_on_rotation_classes_tells_the_turns_apart(digits_folder
     with torch.no_grad():
         predicted = model(turned).logits.argmax(dim=1)
     turn_accuracy = float((predicted % 4 == pairs % 4).float().mean())
-    assert turn_accuracy > 0.6, turn_accuracy  # chance: 0.25
+    assert turn_accuracy > 0.7, turn_accuracy  # chance: 0.25
 
 
 def test_label_rotations_are_refused_where_they_cannot_apply(digits_folder, tmp_path):
