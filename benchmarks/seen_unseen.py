@@ -307,7 +307,11 @@ _ROT = METHODS["proxy_anchor_blur_rot"]
 METHODS["proxy_anchor_blur_rot_up"] = replace(_RECIPE, label=f"{_RECIPE.label}, upright fine-tune of the rotation "
                                               "trunk", init_trunk_from="proxy_anchor_blur_rot", epochs_scale=1 / 3)
 METHODS["proxy_anchor_blur_rot24"] = replace(_ROT, label=f"{_ROT.label}, 24 epochs", epochs=24)
-_ROT_KEYS = ("proxy_anchor_blur_rot_up", "proxy_anchor_blur_rot24")
+# ... and both: the 24-epoch rotation trunk fine-tuned upright for 4 epochs.
+METHODS["proxy_anchor_blur_rot24_up"] = replace(
+    METHODS["proxy_anchor_blur_rot_up"], label=f"{_RECIPE.label}, upright fine-tune of the 24-epoch rotation trunk",
+    init_trunk_from="proxy_anchor_blur_rot24")
+_ROT_KEYS = ("proxy_anchor_blur_rot_up", "proxy_anchor_blur_rot24", "proxy_anchor_blur_rot24_up")
 # The refits: ITQ of F7, or double-bit quantisation of unit-length F7 (encoders.code_fit).
 METHODS["proxy_anchor_blur_itq"] = _refit("proxy_anchor_blur", "itq", "ITQ")
 for _key in ("proxy_anchor_blur", "proxy_anchor_blur_rot", "proxy_anchor_blur_f512", "proxy_anchor_blur_w48",

@@ -101,7 +101,7 @@ class TrainConfig:
     lr_end: float | None = None
     stages: list[Stage] | None = None
     amp: bool = True
-    augment: str | None = None  #: one of :data:`encoders.augment.AUGMENTATIONS`, see :func:`~encoders.augment.train_transform`
+    augment: str | None = None  #: one of :data:`~encoders.augment.AUGMENTATIONS` (:mod:`encoders.augment`)
     mixup: float = 0.0  #: Beta parameter of :func:`encoders.mixup.mixup_batch`; 0 = no mixup
     backbone_lr_scale: float | None = None
     warmup_epochs: int | None = None

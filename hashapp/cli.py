@@ -11,7 +11,8 @@ from hashindex.export import FORMATS as EXPORT_FORMATS
 from hashindex.spec import SPEC_GRAMMAR
 
 # encoders.training's LR_SCHEDULES, encoders.augment's AUGMENTATIONS, encoders.head_init's HEAD_INITS and
-# encoders.code_fit's CODE_FITS, spelled out so that `--help` needs no torch import (tests/hashindex/test_cli.py checks that they agree).
+# encoders.code_fit's CODE_FITS, spelled out so that `--help` needs no torch import (tests/hashindex/test_cli.py
+# checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
 HEAD_INIT_CHOICES = ("random", "itq")
