@@ -395,7 +395,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, collate_fn=collate_skipping_unreadable,
                         generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    turns = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 2**40)  # own stream: other draws stay
+    # Label rotations draw from their own stream, so that turning them on moves no other draw of the epoch.
+    turns = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 2**40) if config.label_rotations else None
     model.train()
     for module in run.frozen:
         module.eval()  # frozen parts keep their batch-norm statistics and drop no units
