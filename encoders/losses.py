@@ -117,15 +117,22 @@ class HashNetLoss(BaseHashLoss):
         return {"similarity": (pair_loss * pairs).sum() / pairs.sum().clamp(min=1)}
 
 
-def code_terms(signed_codes: torch.Tensor, quantization: float = 0.0, bit_balance: float = 0.0
-               ) -> dict[str, torch.Tensor]:
+#: The weights :func:`code_terms` takes, each a ``TrainConfig`` field of the same name.
+CODE_TERMS = ("quantization", "bit_balance", "decorrelation")
+
+
+def code_terms(signed_codes: torch.Tensor, quantization: float = 0.0, bit_balance: float = 0.0,
+               decorrelation: float = 0.0) -> dict[str, torch.Tensor]:
     """Regularisers on relaxed codes mapped to ``[-1, 1]`` (``HashModel.signed_codes``), ``(n, bits)``:
 
     - ``quantization``: ``mean((|b| - 1)^2)``, pulls each relaxed bit to -1 or +1, so that
       binarising changes little;
     - ``bit_balance``: ``mean_k (mean_i b_ik)^2``, pushes every bit to be on for half of the
       batch; a bit that is the same for every image separates nothing, and codes collapse
-      when many are.
+      when many are;
+    - ``decorrelation``: the mean squared off-diagonal entry of the bits' correlation matrix over
+      the batch (:func:`bit_correlation`); bit balance evens out each bit alone, this keeps bits
+      from repeating one another (ITQ's bits are decorrelated by construction).
 
     Each term is returned (weighted) only when its weight is > 0.
     """
@@ -135,13 +142,27 @@ def code_terms(signed_codes: torch.Tensor, quantization: float = 0.0, bit_balanc
         terms["quantization"] = quantization * (b.abs() - 1).pow(2).mean()
     if bit_balance:
         terms["bit_balance"] = bit_balance * b.mean(dim=0).pow(2).mean()
+    if decorrelation:
+        corr = bit_correlation(b)
+        off_diagonal = ~torch.eye(corr.shape[0], dtype=torch.bool, device=corr.device)
+        terms["decorrelation"] = decorrelation * corr[off_diagonal].pow(2).mean()
     return terms
 
 
-def add_code_terms(terms: dict[str, torch.Tensor], signed_codes: torch.Tensor, quantization: float = 0.0,
-                   bit_balance: float = 0.0) -> dict[str, torch.Tensor]:
-    """``terms`` (a loss's output) with the :func:`code_terms` added, ``loss`` their new total."""
-    extra = code_terms(signed_codes, quantization, bit_balance)
+def bit_correlation(b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation ``(bits, bits)`` of the columns of ``b`` ``(n, bits)``, each centred
+    over the batch; a constant bit (no variance) gets correlation 0 with every other bit."""
+    centred = b - b.mean(dim=0)
+    # clamp: a constant bit would divide 0 by 0 (and its sqrt would have an infinite gradient).
+    sd = centred.pow(2).mean(dim=0).clamp(min=1e-12).sqrt()
+    return (centred.T @ centred) / len(b) / (sd[:, None] * sd[None, :])
+
+
+def add_code_terms(terms: dict[str, torch.Tensor], signed_codes: torch.Tensor, **weights: float
+                   ) -> dict[str, torch.Tensor]:
+    """``terms`` (a loss's output) with the :func:`code_terms` of ``weights`` (names from
+    :data:`CODE_TERMS`) added, ``loss`` their new total."""
+    extra = code_terms(signed_codes, **weights)
     return {**terms, **extra, "loss": terms["loss"] + sum(extra.values())}
 
 

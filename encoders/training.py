@@ -25,7 +25,7 @@ from .checkpoint import save_torch_atomic
 from .code_fit import CODE_FITS, check_code_fit, fit_codes
 from .head_init import HEAD_INITS, init_code_layer_from_itq
 from .label_rotations import check_label_rotations, rotate_batch
-from .losses import add_code_terms
+from .losses import CODE_TERMS, add_code_terms
 from .memory import keep_freed_memory
 from .augment import AUGMENTATIONS, train_transform  # noqa: F401 - AUGMENTATIONS: the choices of TrainConfig.augment
 from .data import ImageFileDataset, ImageList, collate_skipping_unreadable
@@ -78,7 +78,7 @@ class TrainConfig:
     when ``epochs`` is not given, ``step_budget``; ``head_init`` (one of
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
     the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`);
-    ``quantization`` and ``bit_balance``, the weights of the terms of
+    ``quantization``, ``bit_balance`` and ``decorrelation``, the weights of the terms of
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
     after the last epoch, see :func:`encoders.code_fit.fit_codes`; ``label_rotations``: :mod:`encoders.label_rotations`.
@@ -109,6 +109,7 @@ class TrainConfig:
     freeze_bn: bool | None = None
     quantization: float | None = None
     bit_balance: float | None = None
+    decorrelation: float | None = None
     step_budget: int | None = None
     head_init: str | None = None
     code_fit: str = "trained"
@@ -121,7 +122,7 @@ class TrainConfig:
         if self.label_rotations and self.mixup:
             raise ValueError("label_rotations cannot be combined with mixup (a blend has no one rotation); use mixup=0")
         check_views(self.views, self.augment, self.mixup)
-        for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", "quantization", "bit_balance"):
+        for name in ("epochs", "lr", "backbone_lr_scale", "warmup_epochs", *CODE_TERMS):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -146,10 +147,9 @@ DEFAULT_EPOCHS = 10
 #: optimiser steps (longer runs condense each class onto one code or a few); a method changes
 #: them with its ``pretrained_recipe``. Chosen on the tuning partitions of ``benchmarks/photos.py``.
 PRETRAINED_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 0.1, "warmup_epochs": 0, "freeze_early": True,
-                     "freeze_bn": False, "step_budget": 20, "head_init": "random", "quantization": 0.0,
-                     "bit_balance": 0.0}
+                     "freeze_bn": False, "step_budget": 20, "head_init": "random", **dict.fromkeys(CODE_TERMS, 0.0)}
 SCRATCH_RECIPE = {"lr": DEFAULT_LR, "backbone_lr_scale": 1.0, "warmup_epochs": 0, "freeze_early": False,
-                  "freeze_bn": False, "head_init": "random", "quantization": 0.0, "bit_balance": 0.0}
+                  "freeze_bn": False, "head_init": "random", **dict.fromkeys(CODE_TERMS, 0.0)}
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -426,9 +426,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         with torch.autocast(device.type, enabled=use_amp):
             out = model(x)
             terms = run.loss(out, y, instances=instances)
-            if config.quantization or config.bit_balance:
-                terms = add_code_terms(terms, model.signed_codes(out.codes), config.quantization,
-                                       config.bit_balance)
+            if weights := {name: getattr(config, name) for name in CODE_TERMS if getattr(config, name)}:
+                terms = add_code_terms(terms, model.signed_codes(out.codes), **weights)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(terms["loss"]).backward()
         run.scaler.step(run.optimizer)

@@ -134,6 +134,9 @@ def _train_options(fn):
         click.option("--bit-balance", type=click.FloatRange(min=0), default=None,
                      help="Weight of a term making each bit on for half the batch (0 = off); spreads "
                           "near-constant bits [default: 1 for DLBHC on a pretrained backbone, else 0]."),
+        click.option("--decorrelation", type=click.FloatRange(min=0), default=None,
+                     help="Weight of a term making the bits uncorrelated over the batch, so that no bit "
+                          "repeats another (0 = off) [default: 0]."),
         # Two views per image and the contrastive term across them (README "Results", "Seen / unseen classes").
         click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Augment each training image this many times independently, every view in the batch "
