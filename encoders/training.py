@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import save_torch_atomic
 from .code_fit import CODE_FITS, check_code_fit, fit_codes
-from .head_init import HEAD_INITS, init_code_layer_from_itq
+from .head_init import HEAD_INITS, init_code_layer
 from .label_rotations import check_label_rotations, rotate_batch
 from .losses import CODE_TERMS, add_code_terms
 from .memory import keep_freed_memory
@@ -77,7 +77,8 @@ class TrainConfig:
     do not update them; their scale and shift still train) and,
     when ``epochs`` is not given, ``step_budget``; ``head_init`` (one of
     :data:`encoders.head_init.HEAD_INITS`: ``"itq"`` starts the model's ``code_layer()`` from ITQ of
-    the training images' features, see :func:`encoders.head_init.init_code_layer_from_itq`);
+    the training images' features, ``"random_centred"`` moves its random hyperplanes through their mean,
+    see :mod:`encoders.head_init`);
     ``quantization``, ``bit_balance`` and ``decorrelation``, the weights of the terms of
     :func:`encoders.losses.code_terms` (0: off). ``code_fit`` (one of
     :data:`encoders.code_fit.CODE_FITS`, not part of the recipe) says how the code layer is set
@@ -359,8 +360,9 @@ def _train_model(model, images: ImageList, config: TrainConfig | None, loss, pro
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         history, start_epoch = saved["history"], saved["epoch"]
-    elif config.head_init == "itq":
-        init_code_layer_from_itq(model, images, seed=config.seed, batch_size=config.batch_size, device=config.device)
+    else:
+        init_code_layer(model, images, config.head_init, seed=config.seed, batch_size=config.batch_size,
+                        device=config.device)
 
     run: _StageRun | None = None
     try:

@@ -15,7 +15,7 @@ from hashindex.spec import SPEC_GRAMMAR
 # checks that they agree).
 LR_SCHEDULE_CHOICES = ("constant", "cosine", "exponential")
 AUGMENT_CHOICES = ("none", "shift", "shift_flip", "shift_noise")
-HEAD_INIT_CHOICES = ("random", "itq")
+HEAD_INIT_CHOICES = ("random", "itq", "random_centred")
 CODE_FIT_CHOICES = ("trained", "itq", "dbq")
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -118,8 +118,8 @@ def _train_options(fn):
                      help="Without --epochs: train about this many optimiser steps (whole epochs, 1 to 10) "
                           "[default: 20 with pretrained weights, else none: 10 epochs]."),
         click.option("--head-init", type=click.Choice(HEAD_INIT_CHOICES), default=None,
-                     help="Start the hash layer from ITQ of the training images' features, or at random "
-                          "[default: random]."),
+                     help="Start the hash layer from ITQ of the training images' features, at random, or at "
+                          "random with every bit's hyperplane through the features' mean [default: random]."),
         click.option("--code-fit", type=click.Choice(CODE_FIT_CHOICES), default="trained", show_default=True,
                      help="After training, keep the trained hash layer or refit it on the training images' "
                           "features: ITQ, or two bits per ITQ projection of unit-length features (dbq, "

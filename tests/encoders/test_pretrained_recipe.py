@@ -1,15 +1,16 @@
 """The training defaults that depend on the backbone, and the switches behind them."""
 
+import numpy as np
 import pytest
 import torch
 
 from encoders import create_backbone, create_encoder
 from encoders.data import list_images
-from encoders.losses import add_code_terms, code_terms
+from encoders.losses import CODE_TERMS, add_code_terms, bit_correlation, code_terms
 from encoders.dlbhc import DLBHC
 from encoders.hashnet import HashNet
-from encoders.training import (DEFAULT_EPOCHS, DEFAULT_LR, PRETRAINED_RECIPE, TrainConfig, epochs_for_budget,
-                               resolve_stages, resolve_train_config, train_model)
+from encoders.training import (DEFAULT_EPOCHS, DEFAULT_LR, PRETRAINED_RECIPE, SCRATCH_RECIPE, TrainConfig,
+                               epochs_for_budget, resolve_stages, resolve_train_config, train_model)
 from hashapp.pipeline import train_encoder, training_code_health
 
 #: EfficientNet-Lite0 with its ImageNet weights, at 32 px so that a CPU step is quick.
@@ -217,6 +218,38 @@ def test_code_terms_hand_worked():
     assert total["loss"].item() == pytest.approx(1 + 3.0 * 25 / 72) and "quantization" not in total
 
 
+def test_decorrelation_term_against_numpy():
+    generator = torch.Generator().manual_seed(0)
+    b = torch.tanh(torch.randn(40, 6, generator=generator))
+    b[:, 3] = -b[:, 1]  # bit 3 repeats bit 1 (inverted): correlation -1
+    b[:, 5] = 0.25  # a constant bit: correlation 0 with every other bit, not NaN
+    b.requires_grad_(True)
+    term = code_terms(b, decorrelation=2.0)["decorrelation"]
+    corr = np.corrcoef(b.detach().double().numpy()[:, :5].T)
+    off = ~np.eye(5, dtype=bool)
+    # numpy's sum of squared off-diagonal correlations of the five varying bits, over the 6 x 5 pairs of all six.
+    assert term.item() == pytest.approx(2.0 * (corr[off] ** 2).sum() / 30, rel=1e-5)
+    assert bit_correlation(b)[1, 3].item() == pytest.approx(-1.0, abs=1e-5)
+    term.backward()
+    assert torch.isfinite(b.grad).all() and b.grad[:, 5].abs().max() == 0
+
+
+def test_decorrelation_term_parts_repeated_bits():
+    # Bits 8-15 start as copies of bits 0-7 plus a little noise; descending the term alone parts them.
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(64, 8, generator=generator)
+    x = torch.cat([base, base + 0.1 * torch.randn(64, 8, generator=generator)], dim=1).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.05)
+    with torch.no_grad():
+        assert float(bit_correlation(torch.tanh(x)).diagonal(offset=8).min()) > 0.9
+    for _ in range(100):
+        optimizer.zero_grad()
+        code_terms(torch.tanh(x), decorrelation=1.0)["decorrelation"].backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert float(bit_correlation(torch.tanh(x)).diagonal(offset=8).abs().max()) < 0.3
+
+
 def test_bit_balance_term_is_logged_and_spreads_the_bits(images):
     model = create_encoder("dlbhc", backbone="small_cnn", width=4, feature_dim=12, input_size=16, bits=16,
                            num_classes=4)
@@ -242,15 +275,26 @@ def test_dlbhc_balances_its_bits_by_default_on_a_pretrained_backbone(tmp_path, d
 
     from hashapp.cli import main
 
-    # Through the CLI (small_cnn, trained from scratch): no term by default, the flag adds one.
-    for flags, recorded in (([], 0.0), (["--bit-balance", "0.5"], 0.5)):
-        out = tmp_path / f"c{recorded}.pt"
+    # Through the CLI (small_cnn, trained from scratch): no term by default, each flag adds its own.
+    for flag in (None, *CODE_TERMS):
+        out = tmp_path / f"c{flag}.pt"
+        flags = [] if flag is None else ["--" + flag.replace("_", "-"), "0.5"]
         result = CliRunner().invoke(main, ["train", str(digits_folder), "--out", str(out), "--method", "dlbhc",
                                            "--bits", "16", "--epochs", "1", *flags])
         assert result.exit_code == 0, result.output
         saved = torch.load(out, weights_only=True)["extra"]
-        assert saved["train_config"]["bit_balance"] == recorded
-        assert ("bit_balance" in saved["history"][0]) == bool(recorded)
+        for name in CODE_TERMS:
+            assert saved["train_config"][name] == (0.5 if name == flag else 0.0)
+            assert (name in saved["history"][0]) == (name == flag)
+
+
+def test_decorrelation_is_off_for_every_model_unless_asked():
+    assert PRETRAINED_RECIPE["decorrelation"] == SCRATCH_RECIPE["decorrelation"] == 0.0
+    for model in (_lite("dlbhc"), _lite("hashnet"), _lite("dlbhc", pretrained=False), _common_recipe_model()):
+        assert resolve_train_config(model).decorrelation == 0.0
+        assert resolve_train_config(model, TrainConfig(decorrelation=1.0)).decorrelation == 1.0
+    with pytest.raises(ValueError, match="decorrelation must be >= 0"):
+        TrainConfig(decorrelation=-1.0)
 
 
 def test_collapsed_codes_warn(images):
