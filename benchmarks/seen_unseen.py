@@ -12,8 +12,10 @@ Queries are scored under four conditions: ``clean``, ``shifted`` (each query mov
 +-2 px), ``noisy`` (Gaussian pixel noise, sd 0.1 of the range) and ``shifted+noisy``. Per
 method, bits and condition: seen mAP@1000 and vote@8; unseen mAP@1000, vote@8 on codes, after
 an F7 rerank of the 1,000 nearest codes, and after an F7 rerank of every code within a Hamming
-radius (the ``radius`` coarse step); and, to compare codes with the features they quantise,
-mAP@1000 (seen, unseen) and unseen vote@8 of an exact Euclidean ranking of F7 (``*_f7``).
+radius (the ``radius`` coarse step); unseen mAP@1000 of the list the F7 rerank of the 1,000
+nearest codes gives (``unseen_mAP_rerank``: what ``hashindex search`` lists by default); and, to
+compare codes with the features they quantise, mAP@1000 (seen, unseen) and unseen vote@8 of an
+exact Euclidean ranking of F7 (``*_f7``).
 Each figure is reported as mean and sample sd over the partitions, with every partition's
 value in the JSON. Each method trains for its own epoch budget (``MethodSetup.epochs``), else
 the dataset budget's; ``--epochs`` sets every method's. A method with ``refit_of`` does not
