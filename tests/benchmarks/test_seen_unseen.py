@@ -100,6 +100,16 @@ def _vote(labels):
     return next(label for label in labels if counts[label] == best)
 
 
+def _average_precision(ranked_labels, label):
+    """Mean of precision@i over the positions i that hold ``label`` (0 if none)."""
+    hits, precisions = 0, []
+    for position, ranked in enumerate(ranked_labels, start=1):
+        if ranked == label:
+            hits += 1
+            precisions.append(hits / position)
+    return np.mean(precisions) if precisions else 0.0
+
+
 def _reference(db, q, seen, k, map_k, candidates, radius):
     dist = _hamming(q["codes"], db["codes"])
     euclid = np.sqrt(((q["features"][:, None, :] - db["features"][None, :, :]) ** 2).sum(axis=2))
@@ -109,21 +119,11 @@ def _reference(db, q, seen, k, map_k, candidates, radius):
         aps, votes, reranked, radius_votes, reranked_aps = [], [], [], [], []
         for i in rows:
             ranking = sorted(range(len(db["labels"])), key=lambda j: (dist[i, j], j))
-            hits, precisions = 0, []
-            for position, j in enumerate(ranking[:map_k], start=1):
-                if db["labels"][j] == q["labels"][i]:
-                    hits += 1
-                    precisions.append(hits / position)
-            aps.append(np.mean(precisions) if precisions else 0.0)
+            aps.append(_average_precision([db["labels"][j] for j in ranking[:map_k]], q["labels"][i]))
             votes.append(_vote([db["labels"][j] for j in ranking[:k]]) == q["labels"][i])
             pool = sorted(ranking[:candidates], key=lambda j: euclid[i, j])
             reranked.append(_vote([db["labels"][j] for j in pool[:k]]) == q["labels"][i])
-            hits, precisions = 0, []
-            for position, j in enumerate(pool[:map_k], start=1):
-                if db["labels"][j] == q["labels"][i]:
-                    hits += 1
-                    precisions.append(hits / position)
-            reranked_aps.append(np.mean(precisions) if precisions else 0.0)
+            reranked_aps.append(_average_precision([db["labels"][j] for j in pool[:map_k]], q["labels"][i]))
             ball = sorted((j for j in ranking if dist[i, j] <= radius), key=lambda j: euclid[i, j])
             radius_votes.append(_vote([db["labels"][j] for j in ball[:k]]) == q["labels"][i])
         out[f"{part}_mAP"], out[f"{part}_vote"] = np.mean(aps), np.mean(votes)
