@@ -193,11 +193,10 @@ def score(db: dict, queries: dict, seen: tuple[int, ...], bits: int, radius: int
             index.vote(codes, k=K, features=features, candidates=CANDIDATES), labels)
     out["unseen_vote_radius"] = metrics.vote_accuracy(
         index.vote(codes, k=K, features=features, radius=radius), labels)
-    # What `hashindex search` lists by default: the CANDIDATES nearest codes reranked by F7 (ids are row
-    # positions, -1 pads a pool shorter than MAP_K and matches no label).
+    # What `hashindex search` lists by default: the CANDIDATES nearest codes reranked by F7 (id -1 pads a
+    # pool shorter than MAP_K; its label, -1, matches no query).
     _, ids = index.search_rerank(codes, features, k=MAP_K, candidates=CANDIDATES)
-    ranked = np.where(ids >= 0, db["labels"][np.maximum(ids, 0)], -1)
-    out["unseen_mAP_rerank"] = float(metrics.average_precision_at_k(ranked, labels).mean())
+    out["unseen_mAP_rerank"] = float(metrics.average_precision_at_k(index.labels_of(ids), labels).mean())
     for pool in pools:
         out[f"unseen_vote_rerank_{pool}"] = metrics.vote_accuracy(
             index.vote(codes, k=K, features=features, candidates=pool), labels)
