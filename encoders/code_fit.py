@@ -54,11 +54,9 @@ def fit_codes(model, images, code_fit: str, *, seed: int = 0, batch_size: int = 
 
         init_code_layer_from_itq(model, images, seed=seed, batch_size=batch_size, device=device)
     elif code_fit == "dbq":
-        from .encode import encode_files
+        from .head_init import image_features
 
-        _, features, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=batch_size,
-                                         device=device)
-        set_dbq_layer(model, features, seed=seed)
+        set_dbq_layer(model, image_features(model, images, batch_size=batch_size, device=device), seed=seed)
 
 
 def dbq_thresholds(projections: np.ndarray, threshold_sd: float = DBQ_THRESHOLD_SD) -> np.ndarray:

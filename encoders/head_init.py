@@ -17,6 +17,7 @@ of the images.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: ``"random"``: the layer's own initialisation; ``"itq"``: :func:`init_code_layer_from_itq`;
@@ -24,18 +25,24 @@ import torch
 HEAD_INITS = ("random", "itq", "random_centred")
 
 
-def code_layer_and_features(model, images, head_init: str, *, batch_size: int = 64, device: str = "auto"
-                            ) -> tuple[torch.nn.Linear, torch.Tensor]:
-    """``model.code_layer()`` and the model's F7 features (float64) of ``images`` (an
-    :class:`encoders.data.ImageList`, test transform, eval mode: unaugmented), which a start fits on."""
+def image_features(model, images, *, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+    """The model's F7 features of ``images`` (an :class:`encoders.data.ImageList`; test transform,
+    eval mode: unaugmented), which a start or a code fit is fitted on."""
     from .encode import encode_files
 
+    _, features, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=batch_size,
+                                     device=device)
+    return features
+
+
+def code_layer_and_features(model, images, head_init: str, *, batch_size: int = 64, device: str = "auto"
+                            ) -> tuple[torch.nn.Linear, torch.Tensor]:
+    """``model.code_layer()`` and :func:`image_features` of ``images`` (float64), which a start fits on."""
     layer = model.code_layer()
     if layer is None:
         raise ValueError(f"head_init {head_init!r} needs a linear code layer on the backbone features, which "
                          f"{model.method or type(model).__name__} has not; use head_init 'random'")
-    _, features, _, _ = encode_files(model, [path for path, _ in images.samples], batch_size=batch_size,
-                                     device=device)
+    features = image_features(model, images, batch_size=batch_size, device=device)
     return layer, torch.as_tensor(features, dtype=torch.float64)
 
 
