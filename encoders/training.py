@@ -410,6 +410,7 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
     sums: dict[str, float] = {}
     seen = 0
     correct: int | None = None  # stays None for methods without class scores
+    code_weights = {name: getattr(config, name) for name in CODE_TERMS if getattr(config, name)}
     bar = _progress(loader, progress, f"epoch {epoch + 1}/{total_epochs} [{run.stage.name}]")
     for step, batch in enumerate(bar):
         if len(batch.labels) < 2:
@@ -428,8 +429,8 @@ def _train_epoch(model, run: _StageRun, dataset, config: TrainConfig, device, us
         with torch.autocast(device.type, enabled=use_amp):
             out = model(x)
             terms = run.loss(out, y, instances=instances)
-            if weights := {name: getattr(config, name) for name in CODE_TERMS if getattr(config, name)}:
-                terms = add_code_terms(terms, model.signed_codes(out.codes), **weights)
+            if code_weights:
+                terms = add_code_terms(terms, model.signed_codes(out.codes), **code_weights)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(terms["loss"]).backward()
         run.scaler.step(run.optimizer)
